@@ -1,0 +1,80 @@
+"""kernel-connect: the Jupyter kernel connection layer, rebuilt for kernel farms.
+
+The public names mirror jupyter_client's, so moving over is an import change.
+They are loaded on first use (PEP 562) so that `import kernel_connect` and the
+command line stay fast: zmq, traitlets and paramiko load only when needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "KernelConnectionInfo": "kernel_connect.connect",
+    "LocalPortCache": "kernel_connect.connect",
+    "write_connection_file": "kernel_connect.connect",
+    "find_connection_file": "kernel_connect.connect",
+    "read_connection_file": "kernel_connect.connect",
+    "tunnel_to_kernel": "kernel_connect.connect",
+    "ConnectionFileError": "kernel_connect.connect",
+    "ConnectionFileMixin": "kernel_connect.mixin",
+    "launch_kernel": "kernel_connect.launcher",
+    "Session": "kernel_connect.session",
+    "KernelManager": "kernel_connect.manager",
+    "BlockingKernelClient": "kernel_connect.client",
+    "ssh_tunnel": "kernel_connect.ssh.tunnel",
+    "forward_tunnel": "kernel_connect.ssh.forward",
+}
+
+__all__ = [
+    "BlockingKernelClient",
+    "ConnectionFileError",
+    "ConnectionFileMixin",
+    "KernelConnectionInfo",
+    "KernelManager",
+    "LocalPortCache",
+    "Session",
+    "__version__",
+    "find_connection_file",
+    "forward_tunnel",
+    "launch_kernel",
+    "read_connection_file",
+    "ssh_tunnel",
+    "tunnel_to_kernel",
+    "write_connection_file",
+]
+
+if TYPE_CHECKING:
+    from kernel_connect.client import BlockingKernelClient
+    from kernel_connect.connect import (
+        ConnectionFileError,
+        KernelConnectionInfo,
+        LocalPortCache,
+        find_connection_file,
+        read_connection_file,
+        tunnel_to_kernel,
+        write_connection_file,
+    )
+    from kernel_connect.launcher import launch_kernel
+    from kernel_connect.manager import KernelManager
+    from kernel_connect.mixin import ConnectionFileMixin
+    from kernel_connect.session import Session
+    from kernel_connect.ssh.forward import forward_tunnel
+    from kernel_connect.ssh.tunnel import ssh_tunnel
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernel_connect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,73 @@
+"""Typed surface of the Rust core (checked against the module by mypy.stubtest)."""
+
+from os import PathLike
+from typing import Any, final
+
+_Path = str | PathLike[str]
+
+__all__ = [
+    "ConnectionFileError",
+    "PortTable",
+    "find_newest",
+    "fnmatch",
+    "format_connection_info",
+    "glob_names",
+    "interface_addresses",
+    "parse_connection_info",
+    "read_connection_file",
+    "signature_digests",
+    "write_connection_file",
+    "write_private_atomic",
+]
+
+class ConnectionFileError(ValueError):
+    """A connection file or connection info is invalid; ``path``/``field`` say where."""
+
+    path: str | None
+    field: str | None
+
+@final
+class PortTable:
+    def __new__(cls, path: _Path | None = None) -> PortTable: ...
+    @property
+    def path(self) -> str | None: ...
+    def reserve(
+        self, ip: str, count: int = 1, port_range: tuple[int, int] | None = None
+    ) -> list[int]: ...
+    def release(self, port: int) -> bool: ...
+    def release_all(self) -> int: ...
+    def holds(self, port: int) -> bool: ...
+    def owner(self, port: int) -> tuple[int, bool] | None: ...
+    def held(self) -> list[tuple[int, int, bool]]: ...
+
+def format_connection_info(
+    ports: list[int] | tuple[int, int, int, int, int],
+    ip: str,
+    key: str,
+    transport: str,
+    signature_scheme: str,
+    kernel_name: str,
+    curve_publickey: str | None = None,
+    curve_secretkey: str | None = None,
+    extra: dict[Any, Any] | None = None,
+) -> str: ...
+def write_connection_file(
+    path: _Path,
+    ports: list[int] | tuple[int, int, int, int, int],
+    ip: str,
+    key: str,
+    transport: str,
+    signature_scheme: str,
+    kernel_name: str,
+    curve_publickey: str | None = None,
+    curve_secretkey: str | None = None,
+    extra: dict[Any, Any] | None = None,
+) -> None: ...
+def write_private_atomic(path: _Path, data: bytes) -> None: ...
+def read_connection_file(path: _Path) -> Any: ...
+def parse_connection_info(text: str, path: _Path | None = None) -> Any: ...
+def signature_digests() -> list[str]: ...
+def glob_names(directory: _Path, pattern: str) -> list[str]: ...
+def fnmatch(name: str, pattern: str) -> bool: ...
+def find_newest(directories: list[_Path] | list[str], pattern: str) -> str | None: ...
+def interface_addresses() -> list[str]: ...

@@ -1,0 +1,385 @@
+"""Connection files and port allocation: jupyter_client's connection API.
+
+Same names, signatures and file format as ``jupyter_client.connect``. The work is
+done by the Rust core: ports come from a cross-process reservation table (no two
+kernels on this host are ever handed the same port), files are written atomically
+and privately, and directory scans do not stat what they do not need to.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kernel_connect import _native
+from kernel_connect._native import ConnectionFileError
+from kernel_connect.localinterfaces import localhost
+from kernel_connect.paths import port_table_path, runtime_dir
+
+if TYPE_CHECKING:
+    from kernel_connect.mixin import ConnectionFileMixin
+
+#: Connection information as read from or written to a connection file.
+KernelConnectionInfo = dict[str, Any]
+
+#: jupyter_client's key order for the five channels.
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+class LocalPortCache:
+    """Process-wide access to the port reservation table.
+
+    Ports handed out here are reserved in a table shared by every process of this
+    user on this host (a memory-mapped file in the Jupyter runtime directory), so
+    two kernels are never given the same port, whichever process starts them. A
+    reservation lasts until :meth:`return_port`, until this process exits, or
+    until another allocation finds this process dead.
+
+    Set ``KERNEL_CONNECT_PORT_RANGE=low-high`` (or pass ``port_range``) to take
+    ports from a fixed range instead of the OS's ephemeral range.
+    """
+
+    _instance: ClassVar[LocalPortCache | None] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        table: _native.PortTable | None = None,
+        port_range: tuple[int, int] | None = None,
+    ) -> None:
+        self._table = table
+        self._table_lock = threading.Lock()
+        self.port_range = port_range if port_range is not None else _range_from_env()
+
+    @classmethod
+    def instance(cls, *args: Any, **kwargs: Any) -> LocalPortCache:
+        """The process-wide instance (created on first call)."""
+        if cls._instance is None:
+            with cls._instance_lock:
+                if cls._instance is None:
+                    cls._instance = cls(*args, **kwargs)
+        return cls._instance
+
+    @classmethod
+    def initialized(cls) -> bool:
+        """True once :meth:`instance` has created the instance."""
+        return cls._instance is not None
+
+    @classmethod
+    def clear_instance(cls) -> None:
+        """Forget the process-wide instance (tests use this to change settings)."""
+        with cls._instance_lock:
+            cls._instance = None
+
+    @property
+    def table(self) -> _native.PortTable:
+        """The reservation table, opened on first use."""
+        if self._table is None:
+            with self._table_lock:
+                if self._table is None:
+                    self._table = _open_table()
+        return self._table
+
+    def find_available_port(self, ip: str) -> int:
+        """Reserve one port that is free to bind on ``ip`` and return it."""
+        return self.table.reserve(ip or localhost(), 1, self.port_range)[0]
+
+    def reserve(self, ip: str, count: int) -> list[int]:
+        """Reserve ``count`` distinct ports free to bind on ``ip``, in one call."""
+        return self.table.reserve(ip or localhost(), count, self.port_range)
+
+    def return_port(self, port: int) -> None:
+        """Give ``port`` back. Ports this process does not hold are ignored."""
+        if 0 < port < 65536:
+            self.table.release(port)
+
+    def return_ports(self, ports: Iterable[int]) -> None:
+        """Give several ports back."""
+        for port in ports:
+            self.return_port(port)
+
+
+def _range_from_env() -> tuple[int, int] | None:
+    text = os.environ.get("KERNEL_CONNECT_PORT_RANGE", "").strip()
+    if not text:
+        return None
+    low, sep, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        lo = hi = -1
+    if not sep or not 0 < lo <= hi < 65536:
+        raise ValueError(
+            f"KERNEL_CONNECT_PORT_RANGE={text!r}: "
+            "expected 'low-high' with 1 <= low <= high <= 65535"
+        )
+    return lo, hi
+
+
+_opened_tables: list[_native.PortTable] = []
+
+
+def _open_table() -> _native.PortTable:
+    """The shared table, or an in-process one (with one warning) when the runtime
+    directory cannot hold it."""
+    try:
+        path = port_table_path()
+        table = _native.PortTable(path)
+    except (OSError, ValueError) as err:
+        warnings.warn(
+            f"kernel-connect: cannot use the shared port table ({err}); falling back to "
+            "an in-process table, which does not protect against other processes",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        table = _native.PortTable(None)
+    if not _opened_tables:
+        atexit.register(_release_at_exit)
+    _opened_tables.append(table)
+    return table
+
+
+def _release_at_exit() -> None:
+    """A clean exit frees our reservations at once instead of waiting for reclaim."""
+    for table in _opened_tables:
+        table.release_all()
+
+
+def _ipc_ports(ip: str, count: int) -> list[int]:
+    """``count`` numbers N for which no ``{ip}-N`` path exists yet."""
+    ports: list[int] = []
+    n = 1
+    while len(ports) < count:
+        while os.path.exists(f"{ip}-{n}"):
+            n += 1
+        ports.append(n)
+        n += 1
+    return ports
+
+
+def write_connection_file(
+    fname: str | None = None,
+    shell_port: int = 0,
+    iopub_port: int = 0,
+    stdin_port: int = 0,
+    hb_port: int = 0,
+    control_port: int = 0,
+    ip: str = "",
+    key: bytes | str = b"",
+    transport: str = "tcp",
+    signature_scheme: str = "hmac-sha256",
+    kernel_name: str = "",
+    curve_publickey: bytes | str | None = None,
+    curve_secretkey: bytes | str | None = None,
+    **kwargs: Any,
+) -> tuple[str, KernelConnectionInfo]:
+    """Write a kernel connection file, choosing ports for those given as 0.
+
+    The bytes match jupyter_client's. The file is created 0600 and appears
+    atomically: readers see either no file (or the previous one) or all of it.
+
+    Parameters
+    ----------
+    fname : str, optional
+        Path to write. A new temporary ``.json`` file when omitted.
+    shell_port, iopub_port, stdin_port, hb_port, control_port : int
+        Channel ports; 0 (or less) reserves a free one through the port table.
+        Reserved ports stay reserved by this process until returned with
+        ``LocalPortCache.instance().return_port``. With ``transport='ipc'`` they
+        are the N of ``{ip}-N`` socket paths that do not exist yet.
+    ip : str
+        Address the kernel binds; localhost when empty.
+    key : bytes
+        HMAC key for message signatures.
+    transport : {'tcp', 'ipc'}
+    signature_scheme : str
+        ``hmac-<digest>`` for a digest hashlib offers.
+    kernel_name : str
+    curve_publickey, curve_secretkey : bytes, optional
+        CurveZMQ keys (Z85), written when given.
+    **kwargs
+        Extra keys, written after the standard ones.
+
+    Returns
+    -------
+    (fname, info) : tuple of str and dict
+    """
+    if not ip:
+        ip = localhost()
+    if transport not in ("tcp", "ipc"):
+        raise ConnectionFileError(
+            f"connection info: field 'transport': unknown transport {transport!r}: "
+            'expected "tcp" or "ipc"'
+        )
+    ports = [shell_port, iopub_port, stdin_port, control_port, hb_port]
+    wanted = [i for i, port in enumerate(ports) if port <= 0]
+    reserved: list[int] = []
+    if wanted:
+        if transport == "tcp":
+            reserved = LocalPortCache.instance().reserve(ip, len(wanted))
+            fresh = reserved
+        else:
+            fresh = _ipc_ports(ip, len(wanted))
+        for i, port in zip(wanted, fresh, strict=True):
+            ports[i] = port
+    if not fname:
+        fd, fname = tempfile.mkstemp(".json")
+        os.close(fd)
+    key_text = key.decode() if isinstance(key, bytes) else key
+    public = _ascii(curve_publickey)
+    secret = _ascii(curve_secretkey)
+    try:
+        _native.write_connection_file(
+            os.fspath(fname),
+            ports,
+            ip,
+            key_text,
+            transport,
+            signature_scheme,
+            kernel_name,
+            public,
+            secret,
+            kwargs or None,
+        )
+    except BaseException:
+        LocalPortCache.instance().return_ports(reserved)
+        raise
+    info: KernelConnectionInfo = dict(zip(PORT_NAMES, ports, strict=True))
+    info.update(
+        ip=ip,
+        key=key_text,
+        transport=transport,
+        signature_scheme=signature_scheme,
+        kernel_name=kernel_name,
+    )
+    if public is not None:
+        info["curve_publickey"] = public
+    if secret is not None:
+        info["curve_secretkey"] = secret
+    info.update(kwargs)
+    return fname, info
+
+
+def _ascii(value: bytes | str | None) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("ascii")
+    return value
+
+
+def read_connection_file(fname: str | os.PathLike[str]) -> KernelConnectionInfo:
+    """Read and validate a connection file.
+
+    Raises
+    ------
+    ConnectionFileError
+        (a ValueError) naming the file and the field at fault; the key is never
+        part of the message.
+    OSError
+        When the file cannot be read.
+    """
+    info: KernelConnectionInfo = _native.read_connection_file(os.fspath(fname))
+    return info
+
+
+def _filefind(filename: str, path_dirs: Sequence[str]) -> str:
+    """The first ``dir/filename`` that is a file, as an absolute path."""
+    filename = filename.strip('"').strip("'")
+    if os.path.isabs(filename) and os.path.isfile(filename):
+        return filename
+    for directory in path_dirs:
+        candidate = os.path.join(os.path.expandvars(os.path.expanduser(directory)), filename)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise OSError(f"File {filename!r} does not exist in any of the search paths: {path_dirs!r}")
+
+
+def find_connection_file(
+    filename: str = "kernel-*.json",
+    path: str | Sequence[str] | None = None,
+    profile: str | None = None,
+) -> str:
+    """Find a connection file and return its absolute path.
+
+    ``filename`` is tried as a name in each directory of ``path`` (the current
+    directory and the runtime directory by default), then as a glob if it
+    contains ``*``, else as a substring. Among several matches the one accessed
+    most recently wins.
+
+    Raises
+    ------
+    OSError
+        If nothing matches.
+    """
+    if profile is not None:
+        warnings.warn(f"Jupyter has no profiles. profile={profile} has been ignored.", stacklevel=2)
+    if path is None:
+        path = [".", runtime_dir()]
+    elif isinstance(path, str):
+        path = [path]
+    try:
+        return _filefind(filename, path)
+    except OSError:
+        pass
+    pattern = filename if "*" in filename else f"*{filename}*"
+    joined = [os.path.join(p, pattern) for p in path]
+    directories = [os.path.dirname(j) for j in joined]
+    base = os.path.basename(pattern)
+    if base and not any(glob.has_magic(d) for d in directories):
+        found = _native.find_newest(directories, base)
+    else:
+        found = _glob_newest(joined)
+    if found is None:
+        raise OSError(f"Could not find {filename!r} in {list(path)!r}")
+    return os.path.abspath(found)
+
+
+def _glob_newest(patterns: Sequence[str]) -> str | None:
+    """Patterns with magic in their directory part: glob as jupyter_client does."""
+    matches = [m for pattern in patterns for m in glob.glob(pattern)]
+    if len(matches) <= 1:
+        return matches[0] if matches else None
+    return sorted(matches, key=lambda f: os.stat(f).st_atime)[-1]
+
+
+def tunnel_to_kernel(
+    connection_info: str | KernelConnectionInfo,
+    sshserver: str,
+    sshkey: str | None = None,
+    **options: Any,
+) -> tuple[int, int, int, int, int]:
+    """Tunnel to a remote kernel's five ports over one SSH connection.
+
+    Returns the local ports as (shell, iopub, stdin, hb, control). See
+    :func:`kernel_connect.ssh.tunnel.tunnel_to_kernel` for the options.
+    """
+    from kernel_connect.ssh.tunnel import tunnel_to_kernel as _tunnel_to_kernel
+
+    return _tunnel_to_kernel(connection_info, sshserver, sshkey, **options)
+
+
+def __getattr__(name: str) -> Any:
+    # ConnectionFileMixin lives in its own module (it needs zmq and traitlets);
+    # it is importable from here as in jupyter_client.
+    if name == "ConnectionFileMixin":
+        from kernel_connect.mixin import ConnectionFileMixin
+
+        return ConnectionFileMixin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ConnectionFileError",
+    "ConnectionFileMixin",
+    "KernelConnectionInfo",
+    "LocalPortCache",
+    "find_connection_file",
+    "read_connection_file",
+    "tunnel_to_kernel",
+    "write_connection_file",
+]

@@ -1,0 +1,405 @@
+//! Connection files: the typed record, its JSON form, validation, and the
+//! secure atomic write.
+//!
+//! The JSON is byte-identical to jupyter_client's (same keys, same order, same
+//! `json.dumps(indent=2)` layout). Files are written to a 0600 temporary file
+//! created with O_EXCL beside the target and renamed over it, so a reader sees
+//! the old file or the whole new one, and the key is never readable by others.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::json::{dumps, Value};
+
+/// The five channels, in the order jupyter_client writes them.
+pub const PORT_FIELDS: [&str; 5] = [
+    "shell_port",
+    "iopub_port",
+    "stdin_port",
+    "control_port",
+    "hb_port",
+];
+
+/// A kernel's connection information, as written to a connection file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectionInfo {
+    /// shell, iopub, stdin, control, hb: the order of [`PORT_FIELDS`].
+    pub ports: [u16; 5],
+    pub ip: String,
+    pub key: String,
+    pub transport: String,
+    pub signature_scheme: String,
+    pub kernel_name: String,
+    pub curve_publickey: Option<String>,
+    pub curve_secretkey: Option<String>,
+    /// Extra keys, written after the standard ones in the caller's order.
+    pub extra: Vec<(String, Value)>,
+}
+
+impl ConnectionInfo {
+    /// The JSON object, in jupyter_client's key order.
+    pub fn to_value(&self) -> Value {
+        let mut entries: Vec<(String, Value)> = Vec::with_capacity(12 + self.extra.len());
+        for (name, port) in PORT_FIELDS.iter().zip(self.ports) {
+            entries.push(((*name).to_owned(), Value::Int(port.to_string())));
+        }
+        let strings = [
+            ("ip", &self.ip),
+            ("key", &self.key),
+            ("transport", &self.transport),
+            ("signature_scheme", &self.signature_scheme),
+            ("kernel_name", &self.kernel_name),
+        ];
+        for (name, value) in strings {
+            entries.push((name.to_owned(), Value::Str(value.clone())));
+        }
+        if let Some(public) = &self.curve_publickey {
+            entries.push(("curve_publickey".into(), Value::Str(public.clone())));
+        }
+        if let Some(secret) = &self.curve_secretkey {
+            entries.push(("curve_secretkey".into(), Value::Str(secret.clone())));
+        }
+        // Like `cfg.update(kwargs)`: an extra key that repeats a standard one
+        // replaces its value in place rather than adding a second entry.
+        for (key, value) in &self.extra {
+            match entries.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = value.clone(),
+                None => entries.push((key.clone(), value.clone())),
+            }
+        }
+        Value::Object(entries)
+    }
+
+    /// Validate, then render the file's exact bytes.
+    pub fn to_json(&self, digests: &[String]) -> Result<String> {
+        let value = self.to_value();
+        validate(&value, digests)?;
+        Ok(dumps(&value))
+    }
+}
+
+/// Check every standard field that is present. Missing fields are allowed, as
+/// jupyter_client allows them; present ones must have the right type and range.
+pub fn validate(value: &Value, digests: &[String]) -> Result<()> {
+    let Value::Object(entries) = value else {
+        return Err(Error::file(format!(
+            "expected a JSON object at the top level, got {}",
+            value.type_name()
+        )));
+    };
+    for (key, item) in entries {
+        validate_field(key, item, digests)?;
+    }
+    Ok(())
+}
+
+fn validate_field(key: &str, item: &Value, digests: &[String]) -> Result<()> {
+    if PORT_FIELDS.contains(&key) {
+        return match item {
+            Value::Int(digits) => match digits.parse::<i64>() {
+                Ok(port) if (0..=65_535).contains(&port) => Ok(()),
+                _ => Err(Error::field(
+                    key,
+                    format!("port {digits} is out of range: expected 0..65535"),
+                )),
+            },
+            other => Err(Error::field(
+                key,
+                format!(
+                    "expected an integer port 0..65535, got {}",
+                    other.type_name()
+                ),
+            )),
+        };
+    }
+    let text = match key {
+        "ip" | "key" | "transport" | "signature_scheme" | "kernel_name" | "curve_publickey"
+        | "curve_secretkey" => match item {
+            Value::Str(text) => text,
+            other => {
+                return Err(Error::field(
+                    key,
+                    format!("expected a string, got {}", other.type_name()),
+                ))
+            }
+        },
+        _ => return Ok(()),
+    };
+    match key {
+        "transport" if text != "tcp" && text != "ipc" => Err(Error::field(
+            key,
+            format!(
+                "unknown transport {}: expected \"tcp\" or \"ipc\"",
+                shown(text)
+            ),
+        )),
+        "signature_scheme" => check_scheme(text, digests),
+        "ip" if text.contains('\0') => Err(Error::field(key, "contains a NUL character")),
+        // Only transport and scheme values are ever quoted back; the key and the
+        // curve secret are secrets and other strings need no check.
+        _ => Ok(()),
+    }
+}
+
+fn check_scheme(scheme: &str, digests: &[String]) -> Result<()> {
+    let digest = scheme.strip_prefix("hmac-").ok_or_else(|| {
+        Error::field(
+            "signature_scheme",
+            format!(
+                "unsupported scheme {}: expected \"hmac-<digest>\"",
+                shown(scheme)
+            ),
+        )
+    })?;
+    if digests.iter().any(|d| d == digest) {
+        Ok(())
+    } else {
+        Err(Error::field(
+            "signature_scheme",
+            format!(
+                "unknown digest {} in {}: expected one of {}",
+                shown(digest),
+                shown(scheme),
+                digests.join(", ")
+            ),
+        ))
+    }
+}
+
+/// A non-secret value quoted for a message, cut short so a huge value cannot
+/// flood the error.
+fn shown(text: &str) -> String {
+    let mut cut: String = text.chars().take(40).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
+}
+
+/// Parse and validate connection-file text.
+pub fn parse(text: &str, digests: &[String]) -> Result<Value> {
+    if text.trim().is_empty() {
+        return Err(Error::file(
+            "the file is empty (was it read while being written by another tool?)",
+        ));
+    }
+    let parsed: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::file(format!("not valid JSON ({})", describe_syntax(&e))))?;
+    let value = Value::from_serde(parsed);
+    validate(&value, digests)?;
+    Ok(value)
+}
+
+/// serde_json's syntax messages name a position, never the content; keep them.
+fn describe_syntax(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match err.classify() {
+        Category::Eof => format!(
+            "it ends early at line {} column {}; truncated?",
+            err.line(),
+            err.column()
+        ),
+        Category::Syntax | Category::Data | Category::Io => err.to_string(),
+    }
+}
+
+/// Read, parse and validate the connection file at `path`.
+pub fn read(path: &Path, digests: &[String]) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading connection file", path, e))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| Error::file("not valid UTF-8 text").in_file(path))?;
+    parse(&text, digests).map_err(|e| e.in_file(path))
+}
+
+/// Write `info` to `path` atomically and privately, then set the sticky bit on
+/// its directory as jupyter_client does.
+pub fn write(path: &Path, info: &ConnectionInfo, digests: &[String]) -> Result<()> {
+    let text = info.to_json(digests).map_err(|e| e.in_file(path))?;
+    write_atomic(path, text.as_bytes())?;
+    set_sticky_bit(path);
+    Ok(())
+}
+
+/// Write `contents` to `path` so that no reader ever sees a partial file and the
+/// file is never readable by anyone else: temp file (0600, O_EXCL, beside the
+/// target) then rename. A symlink at `path` is replaced, not followed.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let (tmp_path, mut file) = create_temp_beside(path)?;
+    let written = file
+        .write_all(contents)
+        .and_then(|()| file.flush())
+        .map_err(|e| Error::io("writing connection file", path, e));
+    drop(file);
+    let renamed = written.and_then(|()| {
+        std::fs::rename(&tmp_path, path).map_err(|e| Error::io("replacing", path, e))
+    });
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp_path);
+    }
+    renamed
+}
+
+fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} names no file", path.display())))?
+        .to_string_lossy();
+    let pid = std::process::id();
+    let mut last_err = None;
+    for _ in 0..16 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{pid}.{n}.tmp"));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(file) => {
+                // The umask may have narrowed the mode further; make it exactly 0600.
+                if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(Error::io("securing temporary file", &tmp, e));
+                }
+                return Ok((tmp, file));
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) => return Err(Error::io("creating temporary file in", dir, e)),
+        }
+    }
+    Err(Error::io(
+        "creating temporary file in",
+        dir,
+        last_err.unwrap_or_else(|| ErrorKind::AlreadyExists.into()),
+    ))
+}
+
+/// Sticky bit on the file's directory so only owners may delete its files.
+/// Best effort, as in jupyter_client: a directory we do not own is left as is.
+fn set_sticky_bit(path: &Path) {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return;
+    };
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode();
+        if mode & 0o1000 == 0 {
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o1000));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn digests() -> Vec<String> {
+        vec!["sha256".into(), "sha512".into()]
+    }
+
+    fn sample() -> ConnectionInfo {
+        ConnectionInfo {
+            ports: [50001, 50002, 50003, 50005, 50004],
+            ip: "127.0.0.1".into(),
+            key: "s3cret-key".into(),
+            transport: "tcp".into(),
+            signature_scheme: "hmac-sha256".into(),
+            kernel_name: "python3".into(),
+            curve_publickey: None,
+            curve_secretkey: None,
+            extra: vec![("extra".into(), Value::Float(0.5))],
+        }
+    }
+
+    #[test]
+    fn json_matches_jupyter_client_layout() {
+        let text = sample().to_json(&digests()).expect("valid");
+        let expected = "{\n  \"shell_port\": 50001,\n  \"iopub_port\": 50002,\n  \"stdin_port\": 50003,\n  \"control_port\": 50005,\n  \"hb_port\": 50004,\n  \"ip\": \"127.0.0.1\",\n  \"key\": \"s3cret-key\",\n  \"transport\": \"tcp\",\n  \"signature_scheme\": \"hmac-sha256\",\n  \"kernel_name\": \"python3\",\n  \"extra\": 0.5\n}";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn write_then_read_round_trips_privately() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kernel-1.json");
+        write(&path, &sample(), &digests()).expect("write");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").mode() & 0o777,
+            0o600
+        );
+        assert_eq!(read(&path, &digests()).expect("read"), sample().to_value());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn symlink_at_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let path = dir.path().join("kernel.json");
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        write(&path, &sample(), &digests()).expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert!(!std::fs::symlink_metadata(&path)
+            .expect("lstat")
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn invalid_fields_are_named_and_secrets_never_shown() {
+        let cases = [
+            (r#"{"shell_port": 70000}"#, "shell_port"),
+            (r#"{"hb_port": "1"}"#, "hb_port"),
+            (r#"{"hb_port": 1.5}"#, "hb_port"),
+            (r#"{"transport": "udp"}"#, "transport"),
+            (r#"{"signature_scheme": "hmac-nope"}"#, "signature_scheme"),
+            (r#"{"signature_scheme": "rsa-sha256"}"#, "signature_scheme"),
+            (r#"{"key": 12}"#, "key"),
+            (r#"{"ip": null}"#, "ip"),
+        ];
+        for (text, field) in cases {
+            match parse(text, &digests()) {
+                Err(Error::ConnectionFile { field: Some(f), .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected a field error, got {other:?}"),
+            }
+        }
+        let err =
+            parse(r#"{"key": "topsecret", "shell_port": -1}"#, &digests()).expect_err("bad port");
+        assert!(!err.to_string().contains("topsecret"));
+    }
+
+    #[test]
+    fn empty_truncated_and_non_object_files_are_errors() {
+        for text in ["", "  \n", "{\"shell_port\": 1,", "[1, 2]", "not json"] {
+            assert!(
+                matches!(parse(text, &digests()), Err(Error::ConnectionFile { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unwritable_directory_leaves_nothing_behind() {
+        let missing = Path::new("/nonexistent-kernel-connect-dir/kernel.json");
+        assert!(matches!(
+            write(missing, &sample(), &digests()),
+            Err(Error::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,463 @@
+//! kernel-connect's Rust core.
+//!
+//! The logic lives in plain-Rust modules (testable with `cargo test`, no Python);
+//! the `python` feature adds the `_native` extension module below, a thin layer
+//! that converts arguments, releases the GIL around socket and file work, and
+//! maps [`error::Error`] to Python exceptions in one place.
+
+pub mod connfile;
+pub mod error;
+pub mod ifaddrs;
+pub mod json;
+pub mod ports;
+pub mod process;
+pub mod scan;
+
+#[cfg(feature = "python")]
+mod bindings {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use pyo3::create_exception;
+    use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+    use pyo3::prelude::*;
+    use pyo3::sync::PyOnceLock;
+    use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+    use crate::connfile::{self, ConnectionInfo};
+    use crate::error::Error;
+    use crate::json::Value;
+    use crate::ports::PortTable;
+    use crate::scan;
+
+    create_exception!(
+        _native,
+        ConnectionFileError,
+        PyValueError,
+        "A connection file or connection info is invalid. `path` and `field` say where."
+    );
+
+    /// The one place core errors become Python exceptions.
+    fn to_py(py: Python<'_>, err: Error) -> PyErr {
+        let message = err.to_string();
+        match err {
+            Error::ConnectionFile { path, field, .. } => {
+                let exc = ConnectionFileError::new_err(message);
+                let value = exc.value(py);
+                let path = path.map(|p| p.to_string_lossy().into_owned());
+                // Attribute assignment on a fresh exception instance cannot fail
+                // in practice; if it did, the message still says everything.
+                let _ = value.setattr("path", path);
+                let _ = value.setattr("field", field);
+                exc
+            }
+            Error::Io {
+                ref source,
+                ref path,
+                ..
+            } => {
+                let errno = source.raw_os_error().unwrap_or(0);
+                match path {
+                    Some(p) => {
+                        PyOSError::new_err((errno, message, p.to_string_lossy().into_owned()))
+                    }
+                    None => PyOSError::new_err((errno, message)),
+                }
+            }
+            Error::NoFreePort { .. } => PyOSError::new_err((libc::EADDRINUSE, message)),
+            Error::InvalidArgument(_) => PyValueError::new_err(message),
+        }
+    }
+
+    /// Digests usable as `hmac-<digest>`: hashlib attributes that hmac accepts,
+    /// which is what jupyter_client's Session accepts. Computed once.
+    fn digests(py: Python<'_>) -> PyResult<&'static Vec<String>> {
+        static DIGESTS: PyOnceLock<Vec<String>> = PyOnceLock::new();
+        DIGESTS.get_or_try_init(py, || {
+            let hashlib = py.import("hashlib")?;
+            let hmac = py.import("hmac")?;
+            let mut names: Vec<String> = hashlib
+                .getattr("algorithms_guaranteed")?
+                .try_iter()?
+                .map(|n| n.and_then(|n| n.extract::<String>()))
+                .collect::<PyResult<_>>()?;
+            names.sort();
+            let mut usable = Vec::new();
+            for name in names {
+                let Ok(constructor) = hashlib.getattr(name.as_str()) else {
+                    continue;
+                };
+                let works = hmac
+                    .call_method1(
+                        "new",
+                        (pyo3::types::PyBytes::new(py, b"k"), py.None(), constructor),
+                    )
+                    .and_then(|mac| mac.call_method0("hexdigest"))
+                    .is_ok();
+                if works {
+                    usable.push(name);
+                }
+            }
+            Ok(usable)
+        })
+    }
+
+    /// A Python object as a JSON value, following `json.dumps`' rules
+    /// (bool before int, tuples as lists, non-string keys coerced).
+    fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+        if depth > 200 {
+            return Err(PyValueError::new_err("connection info nests too deeply"));
+        }
+        if obj.is_none() {
+            return Ok(Value::Null);
+        }
+        if let Ok(b) = obj.cast::<PyBool>() {
+            return Ok(Value::Bool(b.is_true()));
+        }
+        if obj.is_instance_of::<PyInt>() {
+            return Ok(Value::Int(
+                obj.call_method0("__index__")?.str()?.to_string(),
+            ));
+        }
+        if let Ok(f) = obj.cast::<PyFloat>() {
+            return Ok(Value::Float(f.value()));
+        }
+        if let Ok(s) = obj.cast::<PyString>() {
+            return Ok(Value::Str(s.to_str()?.to_owned()));
+        }
+        if let Ok(d) = obj.cast::<PyDict>() {
+            let mut entries = Vec::with_capacity(d.len());
+            for (k, v) in d.iter() {
+                entries.push((key_string(&k)?, to_value(&v, depth + 1)?));
+            }
+            return Ok(Value::Object(entries));
+        }
+        if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+            let items = obj
+                .try_iter()?
+                .map(|item| to_value(&item?, depth + 1))
+                .collect::<PyResult<Vec<_>>>()?;
+            return Ok(Value::List(items));
+        }
+        Err(PyTypeError::new_err(format!(
+            "Object of type {} is not JSON serializable",
+            obj.get_type().name()?
+        )))
+    }
+
+    /// `json.dumps` key coercion: str as is; int, float, bool, None as JSON text.
+    fn key_string(key: &Bound<'_, PyAny>) -> PyResult<String> {
+        if let Ok(s) = key.cast::<PyString>() {
+            return Ok(s.to_str()?.to_owned());
+        }
+        let value = to_value(key, 0)?;
+        match value {
+            Value::Null => Ok("null".into()),
+            Value::Bool(b) => Ok(if b { "true" } else { "false" }.into()),
+            Value::Int(digits) => Ok(digits),
+            Value::Float(f) => {
+                let mut s = String::new();
+                crate::json::write_float(&mut s, f);
+                Ok(s)
+            }
+            _ => Err(PyTypeError::new_err(format!(
+                "keys must be str, int, float, bool or None, not {}",
+                key.get_type().name()?
+            ))),
+        }
+    }
+
+    fn to_object<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match value {
+            Value::Null => py.None().into_bound(py),
+            Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+            Value::Int(digits) => py.get_type::<PyInt>().call1((digits.as_str(),))?,
+            Value::Float(f) => PyFloat::new(py, *f).into_any(),
+            Value::Str(s) => PyString::new(py, s).into_any(),
+            Value::List(items) => {
+                let list = PyList::empty(py);
+                for item in items {
+                    list.append(to_object(py, item)?)?;
+                }
+                list.into_any()
+            }
+            Value::Object(entries) => {
+                let dict = PyDict::new(py);
+                for (k, v) in entries {
+                    dict.set_item(k, to_object(py, v)?)?;
+                }
+                dict.into_any()
+            }
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_info(
+        ports: [u16; 5],
+        ip: String,
+        key: String,
+        transport: String,
+        signature_scheme: String,
+        kernel_name: String,
+        curve_publickey: Option<String>,
+        curve_secretkey: Option<String>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<ConnectionInfo> {
+        let extra = match extra {
+            None => Vec::new(),
+            Some(d) => match to_value(d.as_any(), 0)? {
+                Value::Object(entries) => entries,
+                _ => Vec::new(),
+            },
+        };
+        Ok(ConnectionInfo {
+            ports,
+            ip,
+            key,
+            transport,
+            signature_scheme,
+            kernel_name,
+            curve_publickey,
+            curve_secretkey,
+            extra,
+        })
+    }
+
+    /// Render connection info exactly as jupyter_client's write_connection_file
+    /// would (validated; ports in shell, iopub, stdin, control, hb order).
+    #[pyfunction]
+    #[pyo3(signature = (ports, ip, key, transport, signature_scheme, kernel_name, curve_publickey=None, curve_secretkey=None, extra=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn format_connection_info(
+        py: Python<'_>,
+        ports: [u16; 5],
+        ip: String,
+        key: String,
+        transport: String,
+        signature_scheme: String,
+        kernel_name: String,
+        curve_publickey: Option<String>,
+        curve_secretkey: Option<String>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<String> {
+        let info = build_info(
+            ports,
+            ip,
+            key,
+            transport,
+            signature_scheme,
+            kernel_name,
+            curve_publickey,
+            curve_secretkey,
+            extra,
+        )?;
+        info.to_json(digests(py)?).map_err(|e| to_py(py, e))
+    }
+
+    /// Validate and write a connection file atomically (0600, temp + rename).
+    #[pyfunction]
+    #[pyo3(signature = (path, ports, ip, key, transport, signature_scheme, kernel_name, curve_publickey=None, curve_secretkey=None, extra=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn write_connection_file(
+        py: Python<'_>,
+        path: PathBuf,
+        ports: [u16; 5],
+        ip: String,
+        key: String,
+        transport: String,
+        signature_scheme: String,
+        kernel_name: String,
+        curve_publickey: Option<String>,
+        curve_secretkey: Option<String>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let info = build_info(
+            ports,
+            ip,
+            key,
+            transport,
+            signature_scheme,
+            kernel_name,
+            curve_publickey,
+            curve_secretkey,
+            extra,
+        )?;
+        let digests = digests(py)?;
+        py.detach(|| connfile::write(&path, &info, digests))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Write bytes atomically and privately (0600, temp + rename).
+    #[pyfunction]
+    fn write_private_atomic(py: Python<'_>, path: PathBuf, data: Vec<u8>) -> PyResult<()> {
+        py.detach(|| connfile::write_atomic(&path, &data))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Read, parse and validate a connection file; a dict in file order.
+    #[pyfunction]
+    fn read_connection_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
+        let digests = digests(py)?;
+        let value = py
+            .detach(|| connfile::read(&path, digests))
+            .map_err(|e| to_py(py, e))?;
+        to_object(py, &value)
+    }
+
+    /// Parse and validate connection-file text (`path` only names it in errors).
+    #[pyfunction]
+    #[pyo3(signature = (text, path=None))]
+    fn parse_connection_info<'py>(
+        py: Python<'py>,
+        text: &str,
+        path: Option<PathBuf>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let digests = digests(py)?;
+        let value = connfile::parse(text, digests).map_err(|e| match &path {
+            Some(p) => to_py(py, e.in_file(p)),
+            None => to_py(py, e),
+        })?;
+        to_object(py, &value)
+    }
+
+    /// The signature digests accepted as `hmac-<digest>`.
+    #[pyfunction]
+    fn signature_digests(py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(digests(py)?.clone())
+    }
+
+    /// Names in `directory` matching the glob `pattern` (no stat), in directory order.
+    #[pyfunction]
+    fn glob_names(py: Python<'_>, directory: PathBuf, pattern: String) -> Vec<String> {
+        py.detach(|| scan::glob_names(&directory, &pattern))
+    }
+
+    /// `fnmatch.fnmatchcase(name, pattern)`.
+    #[pyfunction]
+    fn fnmatch(name: &str, pattern: &str) -> bool {
+        scan::fnmatch(name, pattern)
+    }
+
+    /// The only match of `pattern` across `directories`, or the newest by atime.
+    #[pyfunction]
+    fn find_newest(
+        py: Python<'_>,
+        directories: Vec<PathBuf>,
+        pattern: String,
+    ) -> PyResult<Option<String>> {
+        py.detach(|| scan::find_newest(&directories, &pattern))
+            .map(|found| found.map(|p| p.to_string_lossy().into_owned()))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Addresses of the host's interfaces that are up, as strings.
+    #[pyfunction]
+    fn interface_addresses(py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(crate::ifaddrs::interface_addresses)
+            .map(|addrs| addrs.into_iter().map(|a| a.to_string()).collect())
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// The cross-process port reservation table.
+    #[pyclass(name = "PortTable", module = "kernel_connect._native", frozen)]
+    struct PyPortTable {
+        table: Arc<PortTable>,
+    }
+
+    #[pymethods]
+    impl PyPortTable {
+        /// Open (creating if needed) the shared table at `path`, or with None a
+        /// table private to this process.
+        #[new]
+        #[pyo3(signature = (path=None))]
+        fn new(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Self> {
+            let table = py
+                .detach(|| match &path {
+                    Some(p) => PortTable::open(p),
+                    None => PortTable::in_process(),
+                })
+                .map_err(|e| to_py(py, e))?;
+            Ok(PyPortTable {
+                table: Arc::new(table),
+            })
+        }
+
+        /// The backing file, or None for an in-process table.
+        #[getter]
+        fn path(&self) -> Option<String> {
+            self.table.path().map(|p| p.to_string_lossy().into_owned())
+        }
+
+        /// Reserve `count` distinct ports bindable on `ip`.
+        #[pyo3(signature = (ip, count=1, port_range=None))]
+        fn reserve(
+            &self,
+            py: Python<'_>,
+            ip: String,
+            count: usize,
+            port_range: Option<(u16, u16)>,
+        ) -> PyResult<Vec<u16>> {
+            let table = Arc::clone(&self.table);
+            py.detach(move || table.reserve(&ip, count, port_range))
+                .map_err(|e| to_py(py, e))
+        }
+
+        /// Free `port` if this process holds it; False for ports it does not hold.
+        fn release(&self, port: u16) -> bool {
+            self.table.release(port)
+        }
+
+        /// Free every port this process holds; returns how many.
+        fn release_all(&self, py: Python<'_>) -> usize {
+            let table = Arc::clone(&self.table);
+            py.detach(move || table.release_all())
+        }
+
+        /// True if this process holds `port`.
+        fn holds(&self, port: u16) -> bool {
+            self.table.holds(port)
+        }
+
+        /// (pid, alive) of the holder of `port`, or None if it is free.
+        fn owner(&self, port: u16) -> Option<(u32, bool)> {
+            self.table.owner(port).map(|o| (o.pid, o.is_alive()))
+        }
+
+        /// Every held port as (port, owner pid, owner alive).
+        fn held(&self, py: Python<'_>) -> Vec<(u16, u32, bool)> {
+            let table = Arc::clone(&self.table);
+            py.detach(move || {
+                table
+                    .held()
+                    .into_iter()
+                    .map(|h| (h.port, h.owner.pid, h.alive))
+                    .collect()
+            })
+        }
+
+        fn __repr__(&self) -> String {
+            match self.table.path() {
+                Some(p) => format!("PortTable({:?})", p.display().to_string()),
+                None => "PortTable(None)".into(),
+            }
+        }
+    }
+
+    #[pymodule(gil_used = false)]
+    fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
+        m.add("ConnectionFileError", py.get_type::<ConnectionFileError>())?;
+        m.add_class::<PyPortTable>()?;
+        m.add_function(wrap_pyfunction!(format_connection_info, m)?)?;
+        m.add_function(wrap_pyfunction!(write_connection_file, m)?)?;
+        m.add_function(wrap_pyfunction!(write_private_atomic, m)?)?;
+        m.add_function(wrap_pyfunction!(read_connection_file, m)?)?;
+        m.add_function(wrap_pyfunction!(parse_connection_info, m)?)?;
+        m.add_function(wrap_pyfunction!(signature_digests, m)?)?;
+        m.add_function(wrap_pyfunction!(glob_names, m)?)?;
+        m.add_function(wrap_pyfunction!(fnmatch, m)?)?;
+        m.add_function(wrap_pyfunction!(find_newest, m)?)?;
+        m.add_function(wrap_pyfunction!(interface_addresses, m)?)?;
+        Ok(())
+    }
+}
