@@ -138,7 +138,6 @@ fn validate_field(key: &str, item: &Value, digests: &[String]) -> Result<()> {
             ),
         )),
         "signature_scheme" => check_scheme(text, digests),
-        "ip" if text.contains('\0') => Err(Error::field(key, "contains a NUL character")),
         // Only transport and scheme values are ever quoted back; the key and the
         // curve secret are secrets and other strings need no check.
         _ => Ok(()),
@@ -187,24 +186,15 @@ pub fn parse(text: &str, digests: &[String]) -> Result<Value> {
             "the file is empty (was it read while being written by another tool?)",
         ));
     }
-    let parsed: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Error::file(format!("not valid JSON ({})", describe_syntax(&e))))?;
-    let value = Value::from_serde(parsed);
+    let value = crate::jsonparse::parse(text).map_err(|e| {
+        if e.at_end {
+            Error::file(format!("not valid JSON: it ends early ({e}); truncated?"))
+        } else {
+            Error::file(format!("not valid JSON ({e})"))
+        }
+    })?;
     validate(&value, digests)?;
     Ok(value)
-}
-
-/// serde_json's syntax messages name a position, never the content; keep them.
-fn describe_syntax(err: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    match err.classify() {
-        Category::Eof => format!(
-            "it ends early at line {} column {}; truncated?",
-            err.line(),
-            err.column()
-        ),
-        Category::Syntax | Category::Data | Category::Io => err.to_string(),
-    }
 }
 
 /// Read, parse and validate the connection file at `path`.

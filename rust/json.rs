@@ -33,32 +33,6 @@ impl Value {
             Value::Object(_) => "object",
         }
     }
-
-    /// Convert a parsed serde_json value (arbitrary precision, ordered).
-    pub fn from_serde(value: serde_json::Value) -> Value {
-        match value {
-            serde_json::Value::Null => Value::Null,
-            serde_json::Value::Bool(b) => Value::Bool(b),
-            serde_json::Value::Number(n) => {
-                let text = n.to_string();
-                if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-                    Value::Int(text)
-                } else {
-                    // Python's json.loads turns any fraction/exponent into a float.
-                    Value::Float(text.parse::<f64>().unwrap_or(f64::NAN))
-                }
-            }
-            serde_json::Value::String(s) => Value::Str(s),
-            serde_json::Value::Array(items) => {
-                Value::List(items.into_iter().map(Value::from_serde).collect())
-            }
-            serde_json::Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .map(|(k, v)| (k, Value::from_serde(v)))
-                    .collect(),
-            ),
-        }
-    }
 }
 
 /// `json.dumps(value, indent=2)`, byte for byte.

@@ -9,6 +9,7 @@ pub mod connfile;
 pub mod error;
 pub mod ifaddrs;
 pub mod json;
+pub mod jsonparse;
 pub mod ports;
 pub mod process;
 pub mod scan;

@@ -25,8 +25,6 @@ pub const SLOTS: usize = 65_536;
 const TABLE_BYTES: u64 = (SLOTS * std::mem::size_of::<u64>()) as u64;
 /// "KCPORTS1" little-endian: marks a file as a version-1 port table.
 const MAGIC: u64 = u64::from_le_bytes(*b"KCPORTS1");
-/// OS candidates tried per wanted port before giving up.
-const ATTEMPTS_PER_PORT: usize = 64;
 
 /// One held slot, as reported by [`PortTable::held`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,72 +200,28 @@ impl PortTable {
 
     /// Reserve `count` distinct ports bindable on `ip`.
     ///
-    /// With `range` None the OS proposes candidates (bind to port 0), as
-    /// jupyter_client does; with `Some((lo, hi))` candidates come from that
-    /// inclusive range. Either way a port is returned only after this process
-    /// won its slot AND a socket was bound to it on `ip` while the slot was held.
+    /// Candidates are the OS's ephemeral range (odd ports only, as Linux's own
+    /// bind-to-port-0 does, leaving even ports to outgoing connections) or, with
+    /// `range`, every port of that inclusive range. Each candidate's slot is won
+    /// first and only then is the port bind-probed on `ip`: a process never binds
+    /// a port that another process holds, so a kernel's own bind can never lose
+    /// a race against someone's probe.
     pub fn reserve(&self, ip: &str, count: usize, range: Option<(u16, u16)>) -> Result<Vec<u16>> {
         let addr = resolve(ip)?;
+        let candidates = match range {
+            None => Candidates::ephemeral(),
+            Some((lo, hi)) => Candidates::range(lo, hi)?,
+        };
         let mut claim = Claim {
             table: self,
             ports: Vec::with_capacity(count),
         };
-        match range {
-            None => self.reserve_from_os(addr, count, &mut claim)?,
-            Some((lo, hi)) => self.reserve_from_range(addr, count, lo, hi, &mut claim)?,
-        }
-        Ok(claim.keep())
-    }
-
-    fn reserve_from_os(&self, addr: SocketAddr, count: usize, claim: &mut Claim<'_>) -> Result<()> {
-        // Sockets stay bound until we return, so the OS never proposes the same
-        // port twice in one call, whether we won its slot or not.
-        let mut bound: Vec<Socket> = Vec::with_capacity(count);
-        let attempts = ATTEMPTS_PER_PORT * count.max(1);
-        for _ in 0..attempts {
+        let mut tried = 0usize;
+        for port in candidates.iter() {
             if claim.ports.len() == count {
-                return Ok(());
+                break;
             }
-            let socket = probe_socket(addr)?;
-            bind(&socket, addr, 0)?;
-            let port = local_port(&socket)?;
-            if self.try_claim(port) {
-                claim.ports.push(port);
-            }
-            bound.push(socket);
-        }
-        if claim.ports.len() == count {
-            Ok(())
-        } else {
-            Err(Error::NoFreePort {
-                ip: addr.ip().to_string(),
-                attempts,
-            })
-        }
-    }
-
-    fn reserve_from_range(
-        &self,
-        addr: SocketAddr,
-        count: usize,
-        lo: u16,
-        hi: u16,
-        claim: &mut Claim<'_>,
-    ) -> Result<()> {
-        if lo == 0 || lo > hi {
-            return Err(Error::InvalidArgument(format!(
-                "port range {lo}-{hi} is invalid: expected 1 <= low <= high <= 65535"
-            )));
-        }
-        let span = usize::from(hi - lo) + 1;
-        // Start somewhere different in each process so that allocators spread out
-        // instead of all contending for the bottom of the range.
-        let start = (me() as usize ^ nanos()) % span;
-        for step in 0..span {
-            if claim.ports.len() == count {
-                return Ok(());
-            }
-            let port = lo + ((start + step) % span) as u16;
+            tried += 1;
             if !self.try_claim(port) {
                 continue;
             }
@@ -284,14 +238,87 @@ impl PortTable {
             }
         }
         if claim.ports.len() == count {
-            Ok(())
+            Ok(claim.keep())
         } else {
             Err(Error::NoFreePort {
                 ip: addr.ip().to_string(),
-                attempts: span,
+                attempts: tried,
             })
         }
     }
+}
+
+/// The ports one `reserve` call walks: a span, optionally odd ports only,
+/// visited from a random start so concurrent allocators spread out.
+struct Candidates {
+    lo: u16,
+    hi: u16,
+    step: u16,
+}
+
+impl Candidates {
+    fn range(lo: u16, hi: u16) -> Result<Self> {
+        if lo == 0 || lo > hi {
+            return Err(Error::InvalidArgument(format!(
+                "port range {lo}-{hi} is invalid: expected 1 <= low <= high <= 65535"
+            )));
+        }
+        Ok(Candidates { lo, hi, step: 1 })
+    }
+
+    fn ephemeral() -> Self {
+        let (lo, hi) = ephemeral_range();
+        Candidates {
+            lo: lo | 1,
+            hi,
+            step: 2,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u16> {
+        let span = if self.hi < self.lo {
+            0
+        } else {
+            usize::from(self.hi - self.lo) / usize::from(self.step) + 1
+        };
+        let start = if span == 0 {
+            0
+        } else {
+            (random_u64() % span as u64) as usize
+        };
+        let (lo, step) = (self.lo, self.step);
+        (0..span).map(move |i| lo + (((start + i) % span) as u16) * step)
+    }
+}
+
+/// The OS's ephemeral port range (Linux: /proc/sys/net/ipv4/ip_local_port_range;
+/// elsewhere the IANA dynamic range).
+pub fn ephemeral_range() -> (u16, u16) {
+    let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_ascii_whitespace().map(|v| v.parse::<u16>());
+            match (it.next(), it.next()) {
+                (Some(Ok(lo)), Some(Ok(hi))) if 0 < lo && lo <= hi => Some((lo, hi)),
+                _ => None,
+            }
+        });
+    parsed.unwrap_or((49_152, 65_535))
+}
+
+/// A well-mixed random number: clock, pid and a counter through splitmix64.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Ports claimed during one `reserve` call; released again unless kept.
@@ -378,22 +405,6 @@ fn bind(socket: &Socket, addr: SocketAddr, port: u16) -> Result<()> {
     socket
         .bind(&target.into())
         .map_err(|e| Error::os(format!("binding {target}"), e))
-}
-
-fn local_port(socket: &Socket) -> Result<u16> {
-    socket
-        .local_addr()
-        .map_err(|e| Error::os("reading probe address", e))?
-        .as_socket()
-        .map(|a| a.port())
-        .ok_or_else(|| Error::InvalidArgument("probe socket has no inet address".into()))
-}
-
-fn nanos() -> usize {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as usize)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ from kernel_connect.paths import port_table_path, runtime_dir
 if TYPE_CHECKING:
     from kernel_connect.mixin import ConnectionFileMixin
 
+# Raised by the core; presented as part of the public package.
+ConnectionFileError.__module__ = "kernel_connect"
+
 #: Connection information as read from or written to a connection file.
 KernelConnectionInfo = dict[str, Any]
 
@@ -213,11 +216,11 @@ def write_connection_file(
     if not ip:
         ip = localhost()
     if transport not in ("tcp", "ipc"):
-        raise ConnectionFileError(
-            f"connection info: field 'transport': unknown transport {transport!r}: "
-            'expected "tcp" or "ipc"'
-        )
+        raise _field_error("transport", f'unknown transport {transport!r}: expected "tcp" or "ipc"')
     ports = [shell_port, iopub_port, stdin_port, control_port, hb_port]
+    for name, port in zip(PORT_NAMES, ports, strict=True):
+        if not isinstance(port, int) or isinstance(port, bool) or port > 65535:
+            raise _field_error(name, f"expected an integer port 0..65535, got {port!r}")
     wanted = [i for i, port in enumerate(ports) if port <= 0]
     reserved: list[int] = []
     if wanted:
@@ -264,6 +267,14 @@ def write_connection_file(
         info["curve_secretkey"] = secret
     info.update(kwargs)
     return fname, info
+
+
+def _field_error(field: str, reason: str) -> ConnectionFileError:
+    """A ConnectionFileError shaped like the ones the core raises."""
+    err = ConnectionFileError(f"connection info: field '{field}': {reason}")
+    err.path = None
+    err.field = field
+    return err
 
 
 def _ascii(value: bytes | str | None) -> str | None:

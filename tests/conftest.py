@@ -1,0 +1,46 @@
+"""Shared test set-up: every test session gets its own Jupyter runtime directory,
+so the port table, connection files and kernels never touch the user's own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports jupyter_core or opens the port table. Child
+# processes (kernels, helper scripts) inherit it and so share the same table.
+_RUNTIME = tempfile.mkdtemp(prefix="kc-test-runtime-")
+os.environ["JUPYTER_RUNTIME_DIR"] = _RUNTIME
+os.environ.pop("KERNEL_CONNECT_PORT_TABLE", None)
+os.environ.pop("KERNEL_CONNECT_PORT_RANGE", None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_RUNTIME, ignore_errors=True)
+
+
+@pytest.fixture
+def runtime_dir() -> Path:
+    """The session's private Jupyter runtime directory."""
+    return Path(_RUNTIME)
+
+
+@pytest.fixture
+def python() -> str:
+    """The interpreter running the tests, for helper subprocesses."""
+    return sys.executable
+
+
+@pytest.fixture
+def fresh_port_cache() -> Iterator[None]:
+    """A LocalPortCache singleton created anew for one test (to change settings)."""
+    from kernel_connect.connect import LocalPortCache
+
+    LocalPortCache.clear_instance()
+    yield
+    LocalPortCache.clear_instance()

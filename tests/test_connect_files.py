@@ -1,0 +1,420 @@
+"""Connection files: exact bytes, round trips, privacy, atomicity, validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import jupyter_client.connect as jc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kernel_connect import ConnectionFileError, read_connection_file, write_connection_file
+from kernel_connect import _native
+from kernel_connect.connect import LocalPortCache
+
+PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+port = st.integers(min_value=1, max_value=65535)
+text = st.text(max_size=30)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False)
+    | text
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=12,
+)
+extra_names = st.text(min_size=1, max_size=12).filter(
+    lambda k: (
+        k
+        not in {
+            *PORTS,
+            "ip",
+            "key",
+            "transport",
+            "signature_scheme",
+            "kernel_name",
+            "fname",
+            "curve_publickey",
+            "curve_secretkey",
+        }
+    )
+)
+extras = st.dictionaries(extra_names, json_values, max_size=4)
+schemes = st.sampled_from(["hmac-sha256", "hmac-sha1", "hmac-md5", "hmac-sha512", "hmac-sha3_256"])
+
+
+def _info_kwargs(
+    draw_ports: list[int], ip: str, key: str, name: str, scheme: str
+) -> dict[str, Any]:
+    return {
+        **dict(zip(PORTS, draw_ports, strict=True)),
+        "ip": ip,
+        "key": key.encode(),
+        "signature_scheme": scheme,
+        "kernel_name": name,
+    }
+
+
+@SETTINGS
+@given(
+    ports=st.lists(port, min_size=5, max_size=5),
+    ip=text,
+    key=text,
+    name=text,
+    scheme=schemes,
+    extra=extras,
+)
+def test_bytes_identical_to_jupyter_client(
+    tmp_path: Path,
+    ports: list[int],
+    ip: str,
+    key: str,
+    name: str,
+    scheme: str,
+    extra: dict[str, Any],
+) -> None:
+    ip = ip or "127.0.0.1"
+    kwargs = _info_kwargs(ports, ip, key, name, scheme)
+    ours, _ = write_connection_file(str(tmp_path / "ours.json"), **kwargs, **extra)
+    theirs, _ = jc.write_connection_file(str(tmp_path / "theirs.json"), **kwargs, **extra)
+    assert Path(ours).read_bytes() == Path(theirs).read_bytes()
+
+
+@SETTINGS
+@given(
+    ports=st.lists(port, min_size=5, max_size=5),
+    ip=text.filter(bool),
+    key=text,
+    name=text,
+    scheme=schemes,
+    extra=extras,
+)
+def test_round_trip(
+    tmp_path: Path,
+    ports: list[int],
+    ip: str,
+    key: str,
+    name: str,
+    scheme: str,
+    extra: dict[str, Any],
+) -> None:
+    fname, info = write_connection_file(
+        str(tmp_path / "k.json"), **_info_kwargs(ports, ip, key, name, scheme), **extra
+    )
+    assert read_connection_file(fname) == info
+    # Python's own json agrees with what we read back, key order included.
+    assert list(json.loads(Path(fname).read_text())) == list(info)
+
+
+@SETTINGS
+@given(extra=extras, public=st.none() | st.just(b"P" * 40), secret=st.none() | st.just(b"S" * 40))
+def test_format_matches_json_dumps(
+    extra: dict[str, Any], public: bytes | None, secret: bytes | None
+) -> None:
+    cfg: dict[str, Any] = dict(zip(PORTS, [1, 2, 3, 4, 5], strict=True))
+    cfg.update(
+        ip="127.0.0.1",
+        key="k",
+        transport="tcp",
+        signature_scheme="hmac-sha256",
+        kernel_name="python3",
+    )
+    if public is not None:
+        cfg["curve_publickey"] = public.decode()
+    if secret is not None:
+        cfg["curve_secretkey"] = secret.decode()
+    cfg.update(extra)
+    rendered = _native.format_connection_info(
+        [1, 2, 3, 4, 5],
+        "127.0.0.1",
+        "k",
+        "tcp",
+        "hmac-sha256",
+        "python3",
+        None if public is None else public.decode(),
+        None if secret is None else secret.decode(),
+        extra,
+    )
+    assert rendered == json.dumps(cfg, indent=2)
+
+
+def test_special_floats_and_keys_match_json_dumps() -> None:
+    extra: dict[Any, Any] = {
+        "nan": math.nan,
+        "inf": [math.inf, -math.inf],
+        "tiny": 5e-324,
+        "nested": {1: "int key", 2.5: "float key", True: "bool", None: 0},
+    }
+    rendered = _native.format_connection_info(
+        [1, 2, 3, 4, 5], "127.0.0.1", "", "tcp", "hmac-sha256", "", extra=extra
+    )
+    cfg: dict[Any, Any] = dict(zip(PORTS, [1, 2, 3, 4, 5], strict=True))
+    cfg.update(
+        ip="127.0.0.1", key="", transport="tcp", signature_scheme="hmac-sha256", kernel_name=""
+    )
+    cfg.update(extra)
+    assert rendered == json.dumps(cfg, indent=2)
+
+
+def test_unserializable_extra_is_a_type_error(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_connection_file(
+            str(tmp_path / "k.json"),
+            shell_port=1,
+            iopub_port=2,
+            stdin_port=3,
+            hb_port=4,
+            control_port=5,
+            weird=object(),
+        )
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_auto_ports_are_distinct_reserved_and_bindable(tmp_path: Path) -> None:
+    import socket
+
+    fname, info = write_connection_file(str(tmp_path / "k.json"))
+    ports = [info[name] for name in PORTS]
+    assert len(set(ports)) == 5
+    table = LocalPortCache.instance().table
+    assert all(table.holds(p) for p in ports)
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+    LocalPortCache.instance().return_ports(ports)
+    assert not any(table.holds(p) for p in ports)
+
+
+def test_curve_keys_are_written(tmp_path: Path) -> None:
+    fname, info = write_connection_file(
+        str(tmp_path / "k.json"),
+        1,
+        2,
+        3,
+        4,
+        5,
+        curve_publickey=b"pub" * 10,
+        curve_secretkey=b"sec" * 10,
+    )
+    data = read_connection_file(fname)
+    assert data["curve_publickey"] == "pub" * 10
+    assert data["curve_secretkey"] == "sec" * 10
+    assert list(data)[-2:] == ["curve_publickey", "curve_secretkey"]
+
+
+def test_file_is_private_even_with_a_permissive_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        fname, _ = write_connection_file(str(tmp_path / "k.json"), key=b"secret")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(fname).st_mode) == 0o600
+    assert os.stat(tmp_path).st_mode & stat.S_ISVTX, "runtime dir gets the sticky bit"
+    assert [p.name for p in tmp_path.iterdir()] == ["k.json"], "no temp file left behind"
+
+
+def test_fname_none_makes_a_new_temp_file() -> None:
+    fname, info = write_connection_file(key=b"k")
+    try:
+        assert fname.endswith(".json")
+        assert read_connection_file(fname) == info
+        assert stat.S_IMODE(os.stat(fname).st_mode) == 0o600
+    finally:
+        os.unlink(fname)
+
+
+def test_symlink_at_target_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "k.json"
+    link.symlink_to(victim)
+    write_connection_file(str(link), 1, 2, 3, 4, 5, key=b"secret")
+    assert victim.read_text() == "keep me"
+    assert not link.is_symlink()
+
+
+def test_ipc_picks_paths_that_do_not_exist(tmp_path: Path) -> None:
+    base = tmp_path / "kernel-ipc"
+    for n in (1, 2, 4):
+        Path(f"{base}-{n}").touch()
+    _, info = write_connection_file(str(tmp_path / "k.json"), ip=str(base), transport="ipc")
+    assert [info[name] for name in PORTS] == [3, 5, 6, 7, 8]
+
+
+def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "kernel-live.json"
+    write_connection_file(str(target), 1, 2, 3, 4, 5, key=b"k", padding="x" * 20000)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import json, sys
+            bad = 0
+            for _ in range(3000):
+                try:
+                    with open({str(target)!r}) as f:
+                        json.load(f)
+                except (ValueError, FileNotFoundError):
+                    bad += 1
+            print(bad)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    writes = 0
+    while reader.poll() is None and writes < 20000:
+        write_connection_file(
+            str(target), 1, 2, 3, 4, 5, key=b"k", padding="y" * (writes % 7 * 5000 + 1)
+        )
+        writes += 1
+    out, _ = reader.communicate(timeout=60)
+    assert writes > 50, "the writer must have raced the reader"
+    assert int(out) == 0
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
+    """A write cut short (here by a file-size limit, as a full disk would) raises
+    and leaves the previous file intact."""
+    target = tmp_path / "k.json"
+    write_connection_file(str(target), 1, 2, 3, 4, 5, key=b"old")
+    before = target.read_bytes()
+    script = textwrap.dedent(f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+        from kernel_connect import write_connection_file
+        try:
+            write_connection_file({str(target)!r}, 1, 2, 3, 4, 5, key=b"new", pad="z" * 4096)
+        except OSError as e:
+            print("OSError", e.errno, str(e))
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("OSError"), out
+    assert str(target) in out
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json"]
+
+
+def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "k.json"
+    with pytest.raises(FileNotFoundError, match="no/such/dir"):
+        write_connection_file(str(missing), 1, 2, 3, 4, 5)
+
+
+def test_failed_write_returns_its_reserved_ports(tmp_path: Path) -> None:
+    table = LocalPortCache.instance().table
+    before = {p for p, _, _ in table.held()}
+    with pytest.raises(OSError):
+        write_connection_file(str(tmp_path / "missing" / "k.json"))
+    assert {p for p, _, _ in table.held()} == before
+
+
+@pytest.mark.parametrize(
+    ("content", "field", "needle"),
+    [
+        ("", None, "empty"),
+        ('{"shell_port": 1, "key": "', None, "truncated"),
+        ("not json at all", None, "not valid JSON"),
+        ("[1, 2, 3]", None, "JSON object"),
+        ('{"shell_port": 70000}', "shell_port", "out of range"),
+        ('{"iopub_port": -1}', "iopub_port", "out of range"),
+        ('{"stdin_port": "80"}', "stdin_port", "integer"),
+        ('{"hb_port": 1.0}', "hb_port", "integer"),
+        ('{"control_port": true}', "control_port", "integer"),
+        ('{"transport": "udp"}', "transport", "udp"),
+        ('{"signature_scheme": "hmac-nosuchdigest"}', "signature_scheme", "nosuchdigest"),
+        ('{"signature_scheme": "sha256"}', "signature_scheme", "hmac-"),
+        ('{"ip": 127}', "ip", "string"),
+        ('{"key": ["x"]}', "key", "string"),
+        ('{"kernel_name": null}', "kernel_name", "string"),
+    ],
+)
+def test_invalid_files_name_file_and_field(
+    tmp_path: Path, content: str, field: str | None, needle: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ConnectionFileError) as caught:
+        read_connection_file(path)
+    err = caught.value
+    assert isinstance(err, ValueError)
+    assert err.field == field
+    assert err.path == str(path)
+    assert str(path) in str(err)
+    assert needle in str(err)
+
+
+@SETTINGS
+@given(
+    key=st.text(st.characters(codec="ascii", exclude_characters='"\\'), max_size=30).map(
+        lambda k: f"kc-secret-{k}"
+    ),
+    bad=st.sampled_from(
+        [
+            ("shell_port", "70000"),
+            ("transport", '"zmtp"'),
+            ("signature_scheme", '"hmac-xyz"'),
+            ("hb_port", '"x"'),
+            ("kernel_name", "[]"),
+            ("curve_secretkey", "1"),
+        ]
+    ),
+)
+def test_errors_never_echo_the_key(tmp_path: Path, key: str, bad: tuple[str, str]) -> None:
+    field, value = bad
+    path = tmp_path / "bad.json"
+    path.write_text(f'{{"key": {json.dumps(key)}, "{field}": {value}}}')
+    with pytest.raises(ConnectionFileError) as caught:
+        read_connection_file(path)
+    assert caught.value.field == field
+    message = str(caught.value) + repr(caught.value)
+    assert key not in message and json.dumps(key) not in message
+
+
+def test_write_rejects_bad_transport_and_scheme(tmp_path: Path) -> None:
+    with pytest.raises(ConnectionFileError, match="transport"):
+        write_connection_file(str(tmp_path / "a.json"), transport="udp")
+    with pytest.raises(ConnectionFileError, match="signature_scheme") as caught:
+        write_connection_file(str(tmp_path / "b.json"), 1, 2, 3, 4, 5, signature_scheme="hmac-nope")
+    assert caught.value.field == "signature_scheme"
+    with pytest.raises(ConnectionFileError, match="shell_port") as caught:
+        write_connection_file(str(tmp_path / "c.json"), shell_port=70000)
+    assert caught.value.field == "shell_port"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_hashlib_digest_jupyter_accepts_is_accepted() -> None:
+    import hashlib
+    import hmac
+
+    usable = set()
+    for name in hashlib.algorithms_guaranteed:
+        try:
+            hmac.new(b"k", digestmod=getattr(hashlib, name)).hexdigest()
+        except (AttributeError, TypeError, ValueError):
+            continue
+        usable.add(name)
+    assert set(_native.signature_digests()) == usable
+    for name in usable:
+        _native.parse_connection_info(json.dumps({"signature_scheme": f"hmac-{name}"}))
