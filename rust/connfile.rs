@@ -11,6 +11,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::json::{dumps, Value};
@@ -255,14 +256,9 @@ fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
         {
-            Ok(file) => {
-                // The umask may have narrowed the mode further; make it exactly 0600.
-                if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(Error::io("securing temporary file", &tmp, e));
-                }
-                return Ok((tmp, file));
-            }
+            // Created 0600: the umask can only take bits away, never add any, so
+            // the file is private from its first instant without a chmod.
+            Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some(e),
             Err(e) => return Err(Error::io("creating temporary file in", dir, e)),
         }
@@ -276,14 +272,26 @@ fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
 
 /// Sticky bit on the file's directory so only owners may delete its files.
 /// Best effort, as in jupyter_client: a directory we do not own is left as is.
+/// A farm writes thousands of files into one directory, so directories already
+/// seen sticky are remembered instead of stat'ed on every write.
 fn set_sticky_bit(path: &Path) {
+    static STICKY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return;
     };
+    let Ok(mut seen) = STICKY.lock() else {
+        return;
+    };
+    if seen.iter().any(|d| d == dir) {
+        return;
+    }
     if let Ok(meta) = std::fs::metadata(dir) {
         let mode = meta.permissions().mode();
-        if mode & 0o1000 == 0 {
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o1000));
+        let sticky = mode & 0o1000 != 0
+            || std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o1000))
+                .is_ok();
+        if sticky && seen.len() < 64 {
+            seen.push(dir.to_path_buf());
         }
     }
 }

@@ -13,6 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use memmap2::{MmapOptions, MmapRaw};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -217,6 +218,8 @@ impl PortTable {
             ports: Vec::with_capacity(count),
         };
         let mut tried = 0usize;
+        // A socket whose bind failed is unbound still and can probe the next port.
+        let mut spare: Option<Socket> = None;
         for port in candidates.iter() {
             if claim.ports.len() == count {
                 break;
@@ -225,11 +228,15 @@ impl PortTable {
             if !self.try_claim(port) {
                 continue;
             }
-            let socket = probe_socket(addr)?;
+            let socket = match spare.take() {
+                Some(socket) => socket,
+                None => probe_socket(addr)?,
+            };
             match bind(&socket, addr, port) {
                 Ok(()) => claim.ports.push(port),
                 Err(err) if err.errno() == Some(libc::EADDRINUSE) => {
                     self.release(port);
+                    spare = Some(socket);
                 }
                 Err(err) => {
                     self.release(port);
@@ -291,19 +298,22 @@ impl Candidates {
     }
 }
 
-/// The OS's ephemeral port range (Linux: /proc/sys/net/ipv4/ip_local_port_range;
-/// elsewhere the IANA dynamic range).
+/// The OS's ephemeral port range (Linux: /proc/sys/net/ipv4/ip_local_port_range,
+/// read once per process; elsewhere the IANA dynamic range).
 pub fn ephemeral_range() -> (u16, u16) {
-    let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut it = text.split_ascii_whitespace().map(|v| v.parse::<u16>());
-            match (it.next(), it.next()) {
-                (Some(Ok(lo)), Some(Ok(hi))) if 0 < lo && lo <= hi => Some((lo, hi)),
-                _ => None,
-            }
-        });
-    parsed.unwrap_or((49_152, 65_535))
+    static RANGE: OnceLock<(u16, u16)> = OnceLock::new();
+    *RANGE.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| {
+                let mut it = text.split_ascii_whitespace().map(|v| v.parse::<u16>());
+                match (it.next(), it.next()) {
+                    (Some(Ok(lo)), Some(Ok(hi))) if 0 < lo && lo <= hi => Some((lo, hi)),
+                    _ => None,
+                }
+            })
+            .unwrap_or((49_152, 65_535))
+    })
 }
 
 /// A well-mixed random number: clock, pid and a counter through splitmix64.

@@ -126,7 +126,8 @@ HAMMER = textwrap.dedent("""
         for s in socks:
             s.close()
         kernels += 1
-    print(json.dumps({"conflicts": conflicts, "kernels": kernels, "held": held}))
+    print(json.dumps({"conflicts": conflicts, "kernels": kernels, "held": held}), flush=True)
+    sys.stdin.read()  # stay alive (a dead owner's ports are fair game) until told
 """)
 
 
@@ -140,12 +141,15 @@ def test_eight_processes_hammering_never_share_a_port(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", HAMMER, table_path, str(start_at), "200"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(8)
     ]
-    reports = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    reports = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
+    for p in procs:
+        p.communicate(timeout=60)
     assert all(p.returncode == 0 for p in procs)
     assert sum(r["kernels"] for r in reports) == 1600
     assert sum(r["conflicts"] for r in reports) == 0
@@ -270,7 +274,7 @@ def test_port_range_setting_and_bad_ranges(
 
 
 def test_unknown_ip_is_an_os_error() -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"192\.0\.2\.55"):
         LocalPortCache.instance().find_available_port("192.0.2.55")
 
 

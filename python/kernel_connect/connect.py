@@ -91,16 +91,18 @@ class LocalPortCache:
 
     def find_available_port(self, ip: str) -> int:
         """Reserve one port that is free to bind on ``ip`` and return it."""
-        return self.table.reserve(ip or localhost(), 1, self.port_range)[0]
+        table = self._table or self.table
+        return table.reserve(ip or localhost(), 1, self.port_range)[0]
 
     def reserve(self, ip: str, count: int) -> list[int]:
         """Reserve ``count`` distinct ports free to bind on ``ip``, in one call."""
-        return self.table.reserve(ip or localhost(), count, self.port_range)
+        table = self._table or self.table
+        return table.reserve(ip or localhost(), count, self.port_range)
 
     def return_port(self, port: int) -> None:
         """Give ``port`` back. Ports this process does not hold are ignored."""
         if 0 < port < 65536:
-            self.table.release(port)
+            (self._table or self.table).release(port)
 
     def return_ports(self, ports: Iterable[int]) -> None:
         """Give several ports back."""
