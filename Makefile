@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo build lint rust-test py-test bench clean
+.PHONY: test demo build lint rust-test py-test bench clean ssh-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,22 @@ lint: build
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest kernel_connect._native
 
+# The SSH tests run a real sshd on 127.0.0.1. Install OpenSSH's server when it
+# is missing and we may (root, Debian's packages); otherwise those tests skip
+# with a visible reason (and fail under CI=true).
+ssh-server:
+	@if command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; \
+	else echo "note: sshd is not installed; the SSH tests will skip"; fi
+
 rust-test:
 	cargo test --quiet
 
 py-test: build
 	$(PY) -m pytest -q
 
-test: lint rust-test py-test
+test: ssh-server lint rust-test py-test
 
 demo: build
 	$(PY) -m kernel_connect.farm -n 4
