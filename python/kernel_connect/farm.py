@@ -1,0 +1,244 @@
+"""A small kernel farm: start N kernels in parallel, run code on each, report, clean up.
+
+``python -m kernel_connect.farm -n 4 [--code CODE] [--kernel NAME]`` starts the
+kernels through KernelManager on threads, runs one line of code on each, prints
+a table (kernel, pid, ports, time to ready, result), shuts them all down in
+parallel and checks that no process and no connection file is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_connect.client import BlockingKernelClient
+from kernel_connect.manager import KernelManager
+
+DEFAULT_CODE = "import os; os.getpid()"
+
+
+@dataclass
+class FarmKernel:
+    """One kernel of the farm and what happened to it."""
+
+    index: int
+    manager: KernelManager
+    client: BlockingKernelClient | None = None
+    pid: int | None = None
+    ports: list[int] = field(default_factory=list)
+    ready_s: float | None = None
+    result: str = ""
+    error: str | None = None
+
+
+@dataclass
+class FarmReport:
+    """Outcome of one farm run."""
+
+    kernels: list[FarmKernel]
+    all_ready_s: float
+    shutdown_s: float
+    leftover_pids: list[int]
+    leftover_files: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """Every kernel ran the code and nothing was left behind."""
+        return (
+            all(k.error is None for k in self.kernels)
+            and not self.leftover_pids
+            and not self.leftover_files
+        )
+
+
+def _run_threads(target: Any, items: Sequence[Any]) -> None:
+    threads = [threading.Thread(target=target, args=(item,), daemon=True) for item in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _start_one(fk: FarmKernel, ready_timeout: float, t0: float) -> None:
+    try:
+        fk.manager.start_kernel()
+        assert fk.manager.kernel is not None
+        fk.pid = fk.manager.kernel.pid
+        fk.client = fk.manager.client()
+        fk.client.start_channels()
+        fk.client.wait_for_ready(timeout=ready_timeout)
+        fk.ready_s = time.monotonic() - t0
+        fk.ports = fk.manager.ports
+    except Exception as e:
+        fk.error = f"start failed: {type(e).__name__}: {e}"
+
+
+def _execute_one(fk: FarmKernel, code: str, timeout: float) -> None:
+    if fk.client is None or fk.error is not None:
+        return
+    outputs: list[dict[str, Any]] = []
+    try:
+        reply = fk.client.execute_interactive(
+            code, timeout=timeout, output_hook=outputs.append, allow_stdin=False
+        )
+    except Exception as e:
+        fk.error = f"execute failed: {type(e).__name__}: {e}"
+        return
+    content = reply["content"]
+    if content.get("status") != "ok":
+        fk.error = f"{content.get('ename', 'error')}: {content.get('evalue', '')}"
+        return
+    fk.result = _result_of(outputs)
+
+
+def _result_of(outputs: list[dict[str, Any]]) -> str:
+    """The execute_result text, else what was printed to stdout."""
+    for msg in outputs:
+        if msg["msg_type"] == "execute_result":
+            return str(msg["content"]["data"].get("text/plain", ""))
+    return "".join(
+        m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"
+    ).strip()
+
+
+def _stop_one(fk: FarmKernel) -> None:
+    if fk.client is not None:
+        fk.client.stop_channels()
+    try:
+        fk.manager.shutdown_kernel()
+    except Exception as e:
+        fk.error = fk.error or f"shutdown failed: {type(e).__name__}: {e}"
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_farm(
+    n: int = 4,
+    code: str = DEFAULT_CODE,
+    kernel_name: str = "python3",
+    ready_timeout: float = 120.0,
+    exec_timeout: float = 60.0,
+    kernel_binds_ports: bool = False,
+) -> FarmReport:
+    """Start ``n`` kernels in parallel, run ``code`` on each, shut all down.
+
+    Parameters
+    ----------
+    n : int
+        Number of kernels.
+    code : str
+        One piece of code to run on every kernel.
+    kernel_name : str
+        Kernel spec to start.
+    ready_timeout, exec_timeout : float
+        Seconds allowed for start-up and for the code.
+    kernel_binds_ports : bool
+        Use the zero-race start-up (kernels bind their own ports).
+
+    Returns
+    -------
+    FarmReport
+        Per-kernel rows, timings, and anything left behind.
+    """
+    kernels = [
+        FarmKernel(i, KernelManager(kernel_name=kernel_name, kernel_binds_ports=kernel_binds_ports))
+        for i in range(n)
+    ]
+    t0 = time.monotonic()
+    try:
+        _run_threads(lambda fk: _start_one(fk, ready_timeout, t0), kernels)
+        all_ready_s = time.monotonic() - t0
+        _run_threads(lambda fk: _execute_one(fk, code, exec_timeout), kernels)
+    finally:
+        t1 = time.monotonic()
+        files = [fk.manager.connection_file for fk in kernels]
+        _run_threads(_stop_one, kernels)
+        shutdown_s = time.monotonic() - t1
+    return FarmReport(
+        kernels=kernels,
+        all_ready_s=all_ready_s,
+        shutdown_s=shutdown_s,
+        leftover_pids=[fk.pid for fk in kernels if fk.pid is not None and _pid_exists(fk.pid)],
+        leftover_files=[f for f in files if f and os.path.exists(f)],
+    )
+
+
+def format_table(report: FarmReport) -> str:
+    """Render the farm report as a plain-text table plus a summary."""
+    headers = ["kernel", "pid", "ports (shell,iopub,stdin,hb,control)", "ready (s)", "result"]
+    rows = []
+    for fk in report.kernels:
+        rows.append(
+            [
+                str(fk.index),
+                str(fk.pid or "-"),
+                ",".join(str(p) for p in fk.ports) or "-",
+                f"{fk.ready_s:.2f}" if fk.ready_s is not None else "-",
+                fk.error if fk.error is not None else fk.result,
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    failed = sum(fk.error is not None for fk in report.kernels)
+    lines.append("")
+    lines.append(
+        f"{len(report.kernels)} kernels, {failed} failed; all ready in "
+        f"{report.all_ready_s:.2f} s; shut down in {report.shutdown_s:.2f} s"
+    )
+    lines.append(
+        f"left behind: {len(report.leftover_pids)} processes, "
+        f"{len(report.leftover_files)} connection files"
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 when all went well)."""
+    parser = argparse.ArgumentParser(
+        prog="kernel-connect farm",
+        description="Start N kernels in parallel, run code on each, print a table, "
+        "shut them all down and check nothing is left behind.",
+    )
+    parser.add_argument("-n", "--kernels", type=int, default=4, help="number of kernels (4)")
+    parser.add_argument("--code", default=DEFAULT_CODE, help=f"code to run ({DEFAULT_CODE!r})")
+    parser.add_argument("--kernel", default="python3", help="kernel spec name (python3)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds allowed for start-up (120)"
+    )
+    parser.add_argument(
+        "--zero-race",
+        action="store_true",
+        help="let each kernel bind its own ports (port 0 in the connection file)",
+    )
+    args = parser.parse_args(argv)
+    if args.kernels < 1:
+        parser.error("-n must be at least 1")
+    report = run_farm(
+        n=args.kernels,
+        code=args.code,
+        kernel_name=args.kernel,
+        ready_timeout=args.timeout,
+        kernel_binds_ports=args.zero_race,
+    )
+    print(format_table(report))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
