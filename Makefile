@@ -43,10 +43,13 @@ py-test: build
 test: ssh-server lint rust-test py-test
 
 demo: build
-	$(PY) -m kernel_connect.farm -n 4
+	$(VENV)/bin/kernel-connect farm -n 4
 
 bench: build
 	$(PY) benches/bench_connect.py
+	$(PY) benches/bench_kernels.py
+	$(PY) benches/bench_ssh.py
+	$(PY) benches/bench_cli.py
 
 clean:
 	rm -rf target $(VENV) python/kernel_connect/*.so

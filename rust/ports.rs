@@ -201,16 +201,16 @@ impl PortTable {
 
     /// Reserve `count` distinct ports bindable on `ip`.
     ///
-    /// Candidates are the OS's ephemeral range (odd ports only, as Linux's own
-    /// bind-to-port-0 does, leaving even ports to outgoing connections) or, with
-    /// `range`, every port of that inclusive range. Each candidate's slot is won
+    /// Candidates are the ports the OS never hands out by itself (above its
+    /// ephemeral range), then the ephemeral range's odd ports; or, with `range`,
+    /// every port of that inclusive range. Each candidate's slot is won
     /// first and only then is the port bind-probed on `ip`: a process never binds
     /// a port that another process holds, so a kernel's own bind can never lose
     /// a race against someone's probe.
     pub fn reserve(&self, ip: &str, count: usize, range: Option<(u16, u16)>) -> Result<Vec<u16>> {
         let addr = resolve(ip)?;
         let candidates = match range {
-            None => Candidates::ephemeral(),
+            None => Candidates::default_spans(),
             Some((lo, hi)) => Candidates::range(lo, hi)?,
         };
         let mut claim = Claim {
@@ -255,12 +255,33 @@ impl PortTable {
     }
 }
 
-/// The ports one `reserve` call walks: a span, optionally odd ports only,
-/// visited from a random start so concurrent allocators spread out.
+/// The ports one `reserve` call walks: spans in order, each visited from a
+/// random start so concurrent allocators spread out instead of contending.
 struct Candidates {
+    spans: Vec<Span>,
+}
+
+#[derive(Clone, Copy)]
+struct Span {
     lo: u16,
     hi: u16,
     step: u16,
+}
+
+impl Span {
+    fn iter(self) -> impl Iterator<Item = u16> {
+        let len = if self.hi < self.lo {
+            0
+        } else {
+            usize::from(self.hi - self.lo) / usize::from(self.step) + 1
+        };
+        let start = if len == 0 {
+            0
+        } else {
+            (random_u64() % len as u64) as usize
+        };
+        (0..len).map(move |i| self.lo + (((start + i) % len) as u16) * self.step)
+    }
 }
 
 impl Candidates {
@@ -270,31 +291,37 @@ impl Candidates {
                 "port range {lo}-{hi} is invalid: expected 1 <= low <= high <= 65535"
             )));
         }
-        Ok(Candidates { lo, hi, step: 1 })
+        Ok(Candidates {
+            spans: vec![Span { lo, hi, step: 1 }],
+        })
     }
 
-    fn ephemeral() -> Self {
+    /// First the ports above the OS's ephemeral range: the OS never hands those
+    /// out, neither to bind(0) (which ipykernel itself calls for a socket of its
+    /// own in every kernel) nor to outgoing connections, so nothing but an
+    /// explicit bind to that very port can take one between our reservation and
+    /// the kernel's bind. Then, if those run out, the ephemeral range's odd ports
+    /// (Linux's bind(0) uses odd ones, leaving even ones to connect()).
+    fn default_spans() -> Self {
         let (lo, hi) = ephemeral_range();
-        Candidates {
+        let mut spans = Vec::with_capacity(2);
+        if hi < u16::MAX {
+            spans.push(Span {
+                lo: hi + 1,
+                hi: u16::MAX,
+                step: 1,
+            });
+        }
+        spans.push(Span {
             lo: lo | 1,
             hi,
             step: 2,
-        }
+        });
+        Candidates { spans }
     }
 
-    fn iter(&self) -> impl Iterator<Item = u16> {
-        let span = if self.hi < self.lo {
-            0
-        } else {
-            usize::from(self.hi - self.lo) / usize::from(self.step) + 1
-        };
-        let start = if span == 0 {
-            0
-        } else {
-            (random_u64() % span as u64) as usize
-        };
-        let (lo, step) = (self.lo, self.step);
-        (0..span).map(move |i| lo + (((start + i) % span) as u16) * step)
+    fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.spans.iter().flat_map(|span| span.iter())
     }
 }
 
@@ -537,6 +564,17 @@ mod tests {
         }
         assert_eq!(table.release_all(), 400);
         assert!(table.held().is_empty());
+    }
+
+    #[test]
+    fn default_candidates_avoid_what_the_os_hands_out() {
+        let (lo, hi) = ephemeral_range();
+        let spans = Candidates::default_spans();
+        let first: Vec<u16> = spans.iter().take(100).collect();
+        if hi < u16::MAX {
+            assert!(first.iter().all(|&p| p > hi), "{first:?}");
+        }
+        assert!(spans.iter().all(|p| p > hi || (p >= lo && p % 2 == 1)));
     }
 
     #[test]

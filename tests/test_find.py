@@ -158,5 +158,7 @@ def test_public_names_resolve() -> None:
         "tunnel_to_kernel",
     ):
         assert getattr(kernel_connect, name) is getattr(kernel_connect.connect, name)
+    for name in kernel_connect.__all__:
+        assert getattr(kernel_connect, name) is not None, name
     with pytest.raises(AttributeError):
         kernel_connect.no_such_name  # noqa: B018

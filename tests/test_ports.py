@@ -235,6 +235,26 @@ def test_os_candidates_skip_bound_ports(tmp_path: Path) -> None:
         table.release_all()
 
 
+def test_random_binds_by_kernels_never_land_on_reserved_ports(tmp_path: Path) -> None:
+    """Every ipykernel binds a socket of its own to a random port (bind to port 0).
+    Such binds, by any process, must never take a port reserved for a kernel that
+    has not bound it yet: reserved ports lie where the OS does not hand out."""
+    table = _native.PortTable(str(tmp_path / "ports"))
+    reserved = set(table.reserve("127.0.0.1", 500))
+    randoms = []
+    try:
+        for _ in range(3000):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            randoms.append(s)
+        taken = {s.getsockname()[1] for s in randoms}
+        assert not reserved & taken
+    finally:
+        for s in randoms:
+            s.close()
+        table.release_all()
+
+
 @settings(max_examples=30, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), st.integers(1, 10)), min_size=1, max_size=30))
 def test_model_reserve_release(ops: list[tuple[bool, int]]) -> None:

@@ -25,6 +25,14 @@ _EXPORTS: dict[str, str] = {
     "launch_kernel": "kernel_connect.launcher",
     "Session": "kernel_connect.session",
     "KernelManager": "kernel_connect.manager",
+    "start_new_kernel": "kernel_connect.manager",
+    "run_kernel": "kernel_connect.manager",
+    "KernelSpec": "kernel_connect.kernelspec",
+    "NoSuchKernel": "kernel_connect.kernelspec",
+    "find_kernel_specs": "kernel_connect.kernelspec",
+    "get_kernel_spec": "kernel_connect.kernelspec",
+    "KernelDiedError": "kernel_connect.errors",
+    "KernelTimeoutError": "kernel_connect.errors",
     "BlockingKernelClient": "kernel_connect.client",
     "ssh_tunnel": "kernel_connect.ssh.tunnel",
     "forward_tunnel": "kernel_connect.ssh.forward",
@@ -35,15 +43,23 @@ __all__ = [
     "ConnectionFileError",
     "ConnectionFileMixin",
     "KernelConnectionInfo",
+    "KernelDiedError",
     "KernelManager",
+    "KernelSpec",
+    "KernelTimeoutError",
     "LocalPortCache",
+    "NoSuchKernel",
     "Session",
     "__version__",
     "find_connection_file",
+    "find_kernel_specs",
     "forward_tunnel",
+    "get_kernel_spec",
     "launch_kernel",
     "read_connection_file",
+    "run_kernel",
     "ssh_tunnel",
+    "start_new_kernel",
     "tunnel_to_kernel",
     "write_connection_file",
 ]
@@ -59,8 +75,15 @@ if TYPE_CHECKING:
         tunnel_to_kernel,
         write_connection_file,
     )
+    from kernel_connect.errors import KernelDiedError, KernelTimeoutError
+    from kernel_connect.kernelspec import (
+        KernelSpec,
+        NoSuchKernel,
+        find_kernel_specs,
+        get_kernel_spec,
+    )
     from kernel_connect.launcher import launch_kernel
-    from kernel_connect.manager import KernelManager
+    from kernel_connect.manager import KernelManager, run_kernel, start_new_kernel
     from kernel_connect.mixin import ConnectionFileMixin
     from kernel_connect.session import Session
     from kernel_connect.ssh.forward import forward_tunnel

@@ -44,8 +44,12 @@ class LocalPortCache:
     reservation lasts until :meth:`return_port`, until this process exits, or
     until another allocation finds this process dead.
 
-    Set ``KERNEL_CONNECT_PORT_RANGE=low-high`` (or pass ``port_range``) to take
-    ports from a fixed range instead of the OS's ephemeral range.
+    Ports come from above the OS's ephemeral range, which the OS never hands
+    out by itself (so no other process's bind to port 0, nor an outgoing
+    connection, can take a port between its reservation and the kernel's bind),
+    then from the ephemeral range's odd ports. Set
+    ``KERNEL_CONNECT_PORT_RANGE=low-high`` (or pass ``port_range``) to take
+    ports from a fixed range instead.
     """
 
     _instance: ClassVar[LocalPortCache | None] = None

@@ -9,18 +9,27 @@ parallel and checks that no process and no connection file is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_connect.client import BlockingKernelClient
+from kernel_connect.errors import KernelTimeoutError
 from kernel_connect.manager import KernelManager
 
 DEFAULT_CODE = "import os; os.getpid()"
+
+#: Called as progress(kernel, state) when a kernel moves on: "starting", "ready",
+#: "running", "done", "failed", "stopping", "stopped". From worker threads.
+Progress = Callable[["FarmKernel", str], None]
+
+# While waiting for a kernel to be ready, look at the cancel flag this often.
+_CANCEL_POLL_S = 0.25
 
 
 @dataclass
@@ -57,31 +66,69 @@ class FarmReport:
         )
 
 
-def _run_threads(target: Any, items: Sequence[Any]) -> None:
+def _start_threads(target: Any, items: Sequence[Any]) -> list[threading.Thread]:
     threads = [threading.Thread(target=target, args=(item,), daemon=True) for item in items]
     for t in threads:
         t.start()
+    return threads
+
+
+def _join(threads: Sequence[threading.Thread], timeout: float | None = None) -> None:
+    """Join every thread; with a timeout, a bounded wait for all of them together."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     for t in threads:
-        t.join()
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
-def _start_one(fk: FarmKernel, ready_timeout: float, t0: float) -> None:
+def _notify(progress: Progress | None, fk: FarmKernel, state: str) -> None:
+    if progress is not None:
+        progress(fk, state)
+
+
+def _start_one(
+    fk: FarmKernel,
+    ready_timeout: float,
+    t0: float,
+    progress: Progress | None,
+    cancel: threading.Event,
+) -> None:
+    if cancel.is_set():
+        fk.error = "cancelled"
+        return
+    _notify(progress, fk, "starting")
     try:
         fk.manager.start_kernel()
         assert fk.manager.kernel is not None
         fk.pid = fk.manager.kernel.pid
+        fk.ports = fk.manager.ports
         fk.client = fk.manager.client()
         fk.client.start_channels()
-        fk.client.wait_for_ready(timeout=ready_timeout)
+        deadline = time.monotonic() + ready_timeout
+        # Short waits, so that a cancel (Ctrl-C) is noticed within a moment.
+        while True:
+            if cancel.is_set():
+                fk.error = "cancelled"
+                _notify(progress, fk, "failed")
+                return
+            step = min(_CANCEL_POLL_S, deadline - time.monotonic())
+            try:
+                fk.client.wait_for_ready(timeout=max(step, 0.01))
+                break
+            except KernelTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
         fk.ready_s = time.monotonic() - t0
         fk.ports = fk.manager.ports
+        _notify(progress, fk, "ready")
     except Exception as e:
         fk.error = f"start failed: {type(e).__name__}: {e}"
+        _notify(progress, fk, "failed")
 
 
-def _execute_one(fk: FarmKernel, code: str, timeout: float) -> None:
+def _execute_one(fk: FarmKernel, code: str, timeout: float, progress: Progress | None) -> None:
     if fk.client is None or fk.error is not None:
         return
+    _notify(progress, fk, "running")
     outputs: list[dict[str, Any]] = []
     try:
         reply = fk.client.execute_interactive(
@@ -89,12 +136,15 @@ def _execute_one(fk: FarmKernel, code: str, timeout: float) -> None:
         )
     except Exception as e:
         fk.error = f"execute failed: {type(e).__name__}: {e}"
+        _notify(progress, fk, "failed")
         return
     content = reply["content"]
     if content.get("status") != "ok":
         fk.error = f"{content.get('ename', 'error')}: {content.get('evalue', '')}"
+        _notify(progress, fk, "failed")
         return
     fk.result = _result_of(outputs)
+    _notify(progress, fk, "done")
 
 
 def _result_of(outputs: list[dict[str, Any]]) -> str:
@@ -107,13 +157,17 @@ def _result_of(outputs: list[dict[str, Any]]) -> str:
     ).strip()
 
 
-def _stop_one(fk: FarmKernel) -> None:
+def _stop_one(fk: FarmKernel, progress: Progress | None) -> None:
+    if fk.manager.kernel is None:
+        return
+    _notify(progress, fk, "stopping")
     if fk.client is not None:
         fk.client.stop_channels()
     try:
         fk.manager.shutdown_kernel()
     except Exception as e:
         fk.error = fk.error or f"shutdown failed: {type(e).__name__}: {e}"
+    _notify(progress, fk, "stopped")
 
 
 def _pid_exists(pid: int) -> bool:
@@ -133,8 +187,13 @@ def run_farm(
     ready_timeout: float = 120.0,
     exec_timeout: float = 60.0,
     kernel_binds_ports: bool = False,
+    progress: Progress | None = None,
 ) -> FarmReport:
     """Start ``n`` kernels in parallel, run ``code`` on each, shut all down.
+
+    Interrupted (KeyboardInterrupt in the calling thread), it stops waiting for
+    kernels within a moment, shuts every started kernel down, removes their
+    files, and re-raises.
 
     Parameters
     ----------
@@ -148,6 +207,8 @@ def run_farm(
         Seconds allowed for start-up and for the code.
     kernel_binds_ports : bool
         Use the zero-race start-up (kernels bind their own ports).
+    progress : callable, optional
+        ``progress(kernel, state)`` on every state change (from worker threads).
 
     Returns
     -------
@@ -158,15 +219,33 @@ def run_farm(
         FarmKernel(i, KernelManager(kernel_name=kernel_name, kernel_binds_ports=kernel_binds_ports))
         for i in range(n)
     ]
+    cancel = threading.Event()
     t0 = time.monotonic()
+    all_ready_s = 0.0
+    workers: list[threading.Thread] = []
     try:
-        _run_threads(lambda fk: _start_one(fk, ready_timeout, t0), kernels)
+        workers = _start_threads(
+            lambda fk: _start_one(fk, ready_timeout, t0, progress, cancel), kernels
+        )
+        _join(workers)
         all_ready_s = time.monotonic() - t0
-        _run_threads(lambda fk: _execute_one(fk, code, exec_timeout), kernels)
+        workers = _start_threads(lambda fk: _execute_one(fk, code, exec_timeout, progress), kernels)
+        _join(workers)
+    except BaseException:
+        cancel.set()
+        # Code still running on a kernel is interrupted, so its thread returns now.
+        for fk in kernels:
+            if fk.manager.kernel is not None and fk.ready_s is not None:
+                with contextlib.suppress(Exception):
+                    fk.manager.interrupt_kernel()
+        raise
     finally:
+        # Interrupted: workers see the cancel within a moment; let them finish
+        # before stopping what they started, so no kernel starts after its stop.
+        _join(workers, timeout=30.0)
         t1 = time.monotonic()
         files = [fk.manager.connection_file for fk in kernels]
-        _run_threads(_stop_one, kernels)
+        _join(_start_threads(lambda fk: _stop_one(fk, progress), kernels))
         shutdown_s = time.monotonic() - t1
     return FarmReport(
         kernels=kernels,

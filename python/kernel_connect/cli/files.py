@@ -1,0 +1,142 @@
+"""``ls``, ``prune`` and ``new``: the connection files of a runtime directory."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from typing import Any
+
+from kernel_connect.cli import CommandError
+from kernel_connect.cli.output import age, emit_json, table
+from kernel_connect.liveness import (
+    ConnectionFileStatus,
+    listening_tcp_ports,
+    ports_in_use,
+    probe,
+    scan_directory,
+)
+from kernel_connect.paths import runtime_dir
+
+
+def _directory(args: argparse.Namespace) -> str:
+    directory = args.dir or runtime_dir()
+    if not os.path.isdir(directory):
+        raise CommandError(f"{directory} is not a directory")
+    return directory
+
+
+def _endpoint(info: dict[str, Any]) -> str:
+    return f"{info.get('transport', '?')}://{info.get('ip', '?')}"
+
+
+def _as_json(status: ConnectionFileStatus) -> dict[str, Any]:
+    info = status.info or {}
+    return {
+        "path": status.path,
+        "kernel_name": info.get("kernel_name"),
+        "transport": info.get("transport"),
+        "ip": info.get("ip"),
+        "ports": {
+            n: info.get(n)
+            for n in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        },
+        "age_s": round(status.age_s, 3),
+        "alive": status.alive,
+        "reason": status.reason,
+        "error": status.error,
+    }
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    statuses = scan_directory(_directory(args))
+    probe(statuses, timeout=args.timeout)
+    if args.json:
+        emit_json([_as_json(s) for s in statuses])
+        return 0
+    rows = []
+    for s in statuses:
+        info = s.info or {}
+        rows.append(
+            [
+                os.path.basename(s.path),
+                info.get("kernel_name") or "-",
+                _endpoint(info) if s.info else "-",
+                ",".join(map(str, s.ports)) or "-",
+                age(s.age_s),
+                "alive" if s.alive else "dead",
+            ]
+        )
+    print(table(["file", "kernel", "endpoint", "ports", "age", "state"], rows))
+    alive = sum(1 for s in statuses if s.alive)
+    print(f"\n{len(statuses)} connection files: {alive} alive, {len(statuses) - alive} dead")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    statuses = scan_directory(_directory(args))
+    probe(statuses, timeout=args.timeout)
+    listening = listening_tcp_ports()
+    removed: list[ConnectionFileStatus] = []
+    kept_busy: list[ConnectionFileStatus] = []
+    failures: list[str] = []
+    for s in statuses:
+        if s.alive or s.age_s < args.min_age:
+            continue
+        busy = ports_in_use(s, listening)
+        if busy:
+            s.extra["busy_ports"] = busy
+            kept_busy.append(s)
+            continue
+        if not args.dry_run:
+            try:
+                os.unlink(s.path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                failures.append(f"{s.path}: {err.strerror}")
+                continue
+        removed.append(s)
+    verb = "would remove" if args.dry_run else "removed"
+    if args.json:
+        emit_json(
+            {
+                "dry_run": args.dry_run,
+                "removed": [s.path for s in removed],
+                "kept_ports_in_use": [s.path for s in kept_busy],
+                "errors": failures,
+            }
+        )
+    else:
+        for s in removed:
+            print(f"{verb} {s.path} ({s.reason})")
+        for s in kept_busy:
+            print(f"kept {s.path}: ports {s.extra['busy_ports']} are in use on this host")
+        print(f"{verb} {len(removed)} of {len(statuses)} connection files")
+        for line in failures:
+            print(f"error: {line}")
+    return 1 if failures else 0
+
+
+def run_new(args: argparse.Namespace) -> int:
+    from kernel_connect.connect import write_connection_file
+
+    path = args.file or os.path.join(runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+    if os.path.isdir(path):
+        raise CommandError(f"{path} is a directory")
+    key = uuid.uuid4().hex.encode("ascii")
+    try:
+        fname, info = write_connection_file(
+            path, ip=args.ip, key=key, transport=args.transport, kernel_name=args.kernel_name
+        )
+    except (OSError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    if not args.show_key:
+        info = {k: v for k, v in info.items() if k != "key"}
+    if args.json:
+        emit_json({"path": os.path.abspath(fname), **info})
+    else:
+        print(os.path.abspath(fname))
+        if args.show_key:
+            print(f"key: {key.decode()}")
+    return 0
