@@ -319,3 +319,23 @@ def test_recv_without_copy_and_keyfile(tmp_path: Path) -> None:
     finally:
         a.close(0)
         b.close(0)
+
+
+def test_bad_key_type_error_does_not_show_the_value() -> None:
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match="not int") as caught:
+        Session(key=987654321)
+    assert "987654321" not in str(caught.value)
+    assert Session(key="text-key").key == b"text-key", "a str key is UTF-8 encoded"
+
+
+def test_curve_secret_key_errors_do_not_show_the_value() -> None:
+    from traitlets import TraitError
+
+    from kernel_connect.mixin import ConnectionFileMixin
+
+    mixin = ConnectionFileMixin()
+    with pytest.raises(TraitError) as caught:
+        mixin.curve_secretkey = 31415926535  # type: ignore[assignment]
+    assert "31415926535" not in str(caught.value)

@@ -16,6 +16,7 @@ import zmq
 from traitlets import Bool, Bytes, CaselessStrEnum, Instance, Integer, Type, Unicode, observe
 from traitlets.config import LoggingConfigurable
 
+from kernel_connect.secrets import SecretBytes
 from kernel_connect.session import Session
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class ConnectionFileMixin(LoggingConfigurable):
 
     # CurveZMQ keypair (Z85 bytes) from/to the connection file; None means plaintext.
     curve_publickey = Bytes(None, allow_none=True)
-    curve_secretkey = Bytes(None, allow_none=True)
+    curve_secretkey = SecretBytes(None, allow_none=True)
 
     session = Instance("kernel_connect.session.Session")
 

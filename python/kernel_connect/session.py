@@ -43,6 +43,7 @@ from traitlets.config import Configurable
 from traitlets.utils.importstring import import_item
 
 from kernel_connect.jsonutil import extract_dates, json_packer, json_unpacker, squash_dates
+from kernel_connect.secrets import SecretBytes
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ class Session(Configurable):
     )
     metadata = Dict({}, config=True, help="Default top-level metadata of every message.")
 
-    key = CBytes(config=True, help="HMAC key for signing messages (empty: unsigned).")
+    key = SecretBytes(config=True, help="HMAC key for signing messages (empty: unsigned).")
     keyfile = Unicode("", config=True, help="File holding the HMAC key.")
     signature_scheme = Unicode(
         "hmac-sha256", config=True, help="Signature scheme, 'hmac-<hashlib digest>'."
