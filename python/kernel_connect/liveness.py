@@ -45,7 +45,8 @@ class ConnectionFileStatus:
     def ports(self) -> list[int]:
         if not self.info:
             return []
-        names = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        # The order tunnel_to_kernel and the farm table use: shell, iopub, stdin, hb, control.
+        names = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
         return [int(self.info[n]) for n in names if isinstance(self.info.get(n), int)]
 
 

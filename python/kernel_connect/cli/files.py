@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from kernel_connect.cli import CommandError
-from kernel_connect.cli.output import age, emit_json, table
+from kernel_connect.cli.output import age, emit_json, plural, table
 from kernel_connect.liveness import (
     ConnectionFileStatus,
     listening_tcp_ports,
@@ -67,9 +67,12 @@ def run_ls(args: argparse.Namespace) -> int:
                 "alive" if s.alive else "dead",
             ]
         )
-    print(table(["file", "kernel", "endpoint", "ports", "age", "state"], rows))
+    headers = ["file", "kernel", "endpoint", "ports (shell,iopub,stdin,hb,control)", "age", "state"]
+    print(table(headers, rows))
     alive = sum(1 for s in statuses if s.alive)
-    print(f"\n{len(statuses)} connection files: {alive} alive, {len(statuses) - alive} dead")
+    print(
+        f"\n{plural(len(statuses), 'connection file')}: {alive} alive, {len(statuses) - alive} dead"
+    )
     return 0
 
 
@@ -112,7 +115,7 @@ def run_prune(args: argparse.Namespace) -> int:
             print(f"{verb} {s.path} ({s.reason})")
         for s in kept_busy:
             print(f"kept {s.path}: ports {s.extra['busy_ports']} are in use on this host")
-        print(f"{verb} {len(removed)} of {len(statuses)} connection files")
+        print(f"{verb} {len(removed)} of {plural(len(statuses), 'connection file')}")
         for line in failures:
             print(f"error: {line}")
     return 1 if failures else 0

@@ -30,3 +30,8 @@ def age(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """'1 file', '2 files'; irregular plurals given as `nouns`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"

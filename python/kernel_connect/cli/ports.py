@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
-from kernel_connect.cli.output import emit_json, table
+from kernel_connect.cli.output import emit_json, plural, table
 
 
 def run_ports(args: argparse.Namespace) -> int:
@@ -32,7 +32,8 @@ def run_ports(args: argparse.Namespace) -> int:
         rows = [[p, pid, "alive" if a else "dead (reclaimable)"] for p, pid, a in held]
         print(table(["port", "pid", "owner"], rows))
     print(
-        f"\n{len(held)} ports held by {len(owners)} processes: "
+        f"\n{plural(len(held), 'port')} held by "
+        f"{plural(len(owners), 'process', 'processes')}: "
         f"{alive} by live owners, {len(held) - alive} reclaimable"
     )
     return 0
