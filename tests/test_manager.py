@@ -166,14 +166,19 @@ def test_hung_kernel_ends_in_a_kill() -> None:
         "import signal, time\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('ignoring signals', flush=True)\n"
         "while True:\n    time.sleep(0.05)"
     )
     msg_id = kc.execute(code)
+    # Ask it to stop only once it says its handlers are installed.
     while True:
         msg = kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and "ignoring signals" in msg["content"]["text"]
+        ):
             break
-    time.sleep(0.2)  # let the handlers be installed before asking it to stop
     kc.stop_channels()
     km.shutdown_kernel()
     assert km.exit_code == -signal.SIGKILL
