@@ -420,3 +420,47 @@ def test_every_hashlib_digest_jupyter_accepts_is_accepted() -> None:
     assert set(_native.signature_digests()) == usable
     for name in usable:
         _native.parse_connection_info(json.dumps({"signature_scheme": f"hmac-{name}"}))
+
+
+json_with_specials = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats()  # NaN and the infinities included: json.dumps writes them
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=15,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_with_specials, indent=st.sampled_from([None, 0, 2]))
+def test_reader_agrees_with_json_loads(value: Any, indent: int | None) -> None:
+    text = json.dumps({"extra": value}, indent=indent)
+    ours = _native.parse_connection_info(text)
+    # Compare through json.dumps so that NaN == NaN.
+    assert json.dumps(ours) == json.dumps(json.loads(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrsINy \n\\u', max_size=24))
+def test_reader_rejects_exactly_what_json_loads_rejects(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        expected = ValueError
+    if expected is not ValueError and not isinstance(expected, dict):
+        expected = ValueError  # valid JSON, but a connection file must be an object
+    if isinstance(expected, dict):
+        try:
+            ours = _native.parse_connection_info(text)
+        except ConnectionFileError as err:
+            # Valid JSON may only be refused for a standard field's value.
+            assert err.field is not None, err
+            return
+        assert json.dumps(ours) == json.dumps(expected)
+    else:
+        with pytest.raises(ConnectionFileError):
+            _native.parse_connection_info(text)
