@@ -166,7 +166,7 @@ pub fn glob_names(dir: &Path, pattern: &str) -> Vec<String> {
 /// no allocation per entry; elsewhere it uses the standard library.
 #[cfg(target_os = "linux")]
 fn for_each_name(dir: &DirFd, mut visit: impl FnMut(&[u8])) {
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; 32 * 1024];
     loop {
         // SAFETY: buf is writable for its whole length and dir.0 is an open directory.
         let n = unsafe { libc::syscall(libc::SYS_getdents64, dir.0, buf.as_mut_ptr(), buf.len()) };
@@ -251,75 +251,161 @@ impl Drop for DirFd {
 /// The match `find_connection_file` returns: across `dirs` in order, the only
 /// match, or with several the newest by access time (the last of equals, as a
 /// stable sort's last element). None when nothing matches.
+///
+/// Reading a big directory and stat'ing its matches are both a syscall per
+/// entry, so they run side by side: while this thread reads entries, a helper
+/// thread stats the matches found so far, and both stat what is left at the
+/// end. Nothing is stat'ed until a second match shows that a choice is needed.
 pub fn find_newest(dirs: &[PathBuf], pattern: &str) -> Result<Option<PathBuf>> {
-    let matches: Vec<(usize, Vec<String>)> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, dir)| (i, glob_names(dir, pattern)))
-        .filter(|(_, names)| !names.is_empty())
-        .collect();
-    let total: usize = matches.iter().map(|(_, names)| names.len()).sum();
-    if total <= 1 {
-        return Ok(matches
-            .into_iter()
-            .next()
-            .and_then(|(i, names)| names.into_iter().next().map(|n| dirs[i].join(n))));
-    }
-    let mut best: Option<((i64, i64), PathBuf)> = None;
-    for (i, names) in matches {
-        let Ok(fd) = DirFd::open(&dirs[i]) else {
-            continue;
-        };
-        if let Some((t, name)) = newest_in(fd.0, &names) {
-            if best.as_ref().is_none_or(|(b, _)| t >= *b) {
-                best = Some((t, dirs[i].join(name)));
-            }
+    let hidden_ok = pattern.starts_with('.');
+    let fds: Vec<Option<DirFd>> = dirs.iter().map(|d| DirFd::open(d).ok()).collect();
+    let pool = StatPool::default();
+    let mut first: Option<(usize, String)> = None;
+    let mut seen = 0usize;
+    let newest = std::thread::scope(|scope| {
+        let helper = scope.spawn(|| pool.work(&fds));
+        let mut batch = Batch::default();
+        for (dir, fd) in fds.iter().enumerate() {
+            let Some(fd) = fd else { continue };
+            for_each_name(fd, |raw| {
+                let Some(name) = matching_name(raw, pattern, hidden_ok) else {
+                    return;
+                };
+                seen += 1;
+                if seen == 1 {
+                    first = Some((dir, name));
+                    return;
+                }
+                if let Some((d, n)) = first.take() {
+                    batch.push(d, n, 0);
+                }
+                batch.push(dir, name, seen - 1);
+                if batch.names.len() >= STAT_BATCH {
+                    pool.submit(std::mem::take(&mut batch));
+                }
+            });
         }
+        if !batch.names.is_empty() {
+            pool.submit(batch);
+        }
+        pool.close();
+        let mine = pool.work(&fds);
+        let theirs = helper.join().unwrap_or(None);
+        newer(mine, theirs)
+    });
+    if seen == 1 {
+        return Ok(first.map(|(dir, name)| dirs[dir].join(name)));
     }
-    Ok(best.map(|(_, path)| path))
+    Ok(newest.map(|hit| dirs[hit.dir].join(hit.name)))
 }
 
-/// The newest of `names` (relative to the open directory) by access time, the
-/// last of equals. Large lists are stat'ed by several threads: a stat is a
-/// syscall each, and thousands of them dominate a farm directory's scan.
-fn newest_in(dir_fd: libc::c_int, names: &[String]) -> Option<((i64, i64), &str)> {
-    let newest_of = |chunk: &[String]| {
-        let mut best: Option<((i64, i64), usize)> = None;
-        for (i, name) in chunk.iter().enumerate() {
-            if let Some(t) = atime(dir_fd, name) {
-                if best.is_none_or(|(b, _)| t >= b) {
-                    best = Some((t, i));
+/// Names are handed to the stat workers in batches of this many.
+const STAT_BATCH: usize = 256;
+
+fn matching_name(raw: &[u8], pattern: &str, hidden_ok: bool) -> Option<String> {
+    if (!hidden_ok && raw.first() == Some(&b'.')) || raw == b"." || raw == b".." {
+        return None;
+    }
+    let name = std::str::from_utf8(raw).ok()?;
+    fnmatch(name, pattern).then(|| name.to_owned())
+}
+
+/// Matches in the order they were found: `order` ranks them for ties.
+#[derive(Default)]
+struct Batch {
+    names: Vec<(usize, String)>,
+    order: usize,
+}
+
+impl Batch {
+    /// Add the match that came `order`-th (from 0); a batch holds consecutive ones.
+    fn push(&mut self, dir: usize, name: String, order: usize) {
+        if self.names.is_empty() {
+            self.order = order;
+        }
+        self.names.push((dir, name));
+    }
+}
+
+/// The best match so far: newest access time, then latest in match order.
+struct Hit {
+    atime: (i64, i64),
+    order: usize,
+    dir: usize,
+    name: String,
+}
+
+fn newer(a: Option<Hit>, b: Option<Hit>) -> Option<Hit> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if (b.atime, b.order) > (a.atime, a.order) {
+            b
+        } else {
+            a
+        }),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+/// A queue of batches to stat, drained by any number of workers.
+#[derive(Default)]
+struct StatPool {
+    queue: std::sync::Mutex<(Vec<Batch>, bool)>,
+    ready: std::sync::Condvar,
+}
+
+impl StatPool {
+    fn submit(&self, batch: Batch) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.0.push(batch);
+        }
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.1 = true;
+        }
+        self.ready.notify_all();
+    }
+
+    /// Stat batches until the queue is closed and empty; the newest seen.
+    fn work(&self, fds: &[Option<DirFd>]) -> Option<Hit> {
+        let mut best: Option<Hit> = None;
+        loop {
+            let batch = {
+                let Ok(mut q) = self.queue.lock() else {
+                    return best;
+                };
+                loop {
+                    if let Some(batch) = q.0.pop() {
+                        break batch;
+                    }
+                    if q.1 {
+                        return best;
+                    }
+                    q = match self.ready.wait(q) {
+                        Ok(q) => q,
+                        Err(_) => return best,
+                    };
+                }
+            };
+            for (i, (dir, name)) in batch.names.into_iter().enumerate() {
+                let Some(Some(fd)) = fds.get(dir) else {
+                    continue;
+                };
+                if let Some(atime) = atime(fd.0, &name) {
+                    let hit = Hit {
+                        atime,
+                        order: batch.order + i,
+                        dir,
+                        name,
+                    };
+                    best = newer(best, Some(hit));
                 }
             }
         }
-        best
-    };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get().min(4))
-        .unwrap_or(1);
-    if threads < 2 || names.len() < 2048 {
-        return newest_of(names).map(|(t, i)| (t, names[i].as_str()));
     }
-    let size = names.len().div_ceil(threads);
-    let partial: Vec<Option<((i64, i64), usize)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .chunks(size)
-            .enumerate()
-            .map(|(c, chunk)| scope.spawn(move || newest_of(chunk).map(|(t, i)| (t, c * size + i))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().ok().flatten())
-            .collect()
-    });
-    // Chunks are in order, so ">=" keeps the last of equals across chunks too.
-    let mut best: Option<((i64, i64), usize)> = None;
-    for (t, i) in partial.into_iter().flatten() {
-        if best.is_none_or(|(b, _)| t >= b) {
-            best = Some((t, i));
-        }
-    }
-    best.map(|(t, i)| (t, names[i].as_str()))
 }
 
 #[cfg(test)]

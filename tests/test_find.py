@@ -162,3 +162,18 @@ def test_public_names_resolve() -> None:
         assert getattr(kernel_connect, name) is not None, name
     with pytest.raises(AttributeError):
         kernel_connect.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("count", [2, 700, 3000])
+def test_ties_and_large_directories_agree_with_jupyter_client(tmp_path: Path, count: int) -> None:
+    """Equal access times resolve to the last match in directory order, as the last
+    element of jupyter_client's stable sort, also when matches are stat'ed in
+    batches on two threads."""
+    for i in range(count):
+        _touch(tmp_path, f"kernel-{i}.json", 1_000_000 + (i % 3))
+    _touch(tmp_path, "unrelated.txt", 9_000_000)
+    expected = jc.find_connection_file(path=str(tmp_path))
+    assert find_connection_file(path=str(tmp_path)) == expected
+    newest = tmp_path / f"kernel-{count // 2}.json"
+    os.utime(newest, (5_000_000, 5_000_000))
+    assert find_connection_file(path=str(tmp_path)) == str(newest)
