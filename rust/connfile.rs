@@ -244,7 +244,7 @@ fn create_temp_beside(path: &Path) -> Result<(PathBuf, File)> {
         .file_name()
         .ok_or_else(|| Error::InvalidArgument(format!("{} names no file", path.display())))?
         .to_string_lossy();
-    let pid = std::process::id();
+    let pid = crate::process::my_pid();
     let mut last_err = None;
     for _ in 0..16 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@
 //! `/proc/<pid>/stat` field 22), which a recycled pid does not share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 
 /// The owner of a reservation: pid plus a start-time stamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,21 +92,40 @@ fn kill_probe(pid: u32) -> Probe {
     }
 }
 
-/// This process's owner word, recomputed after a fork (the child has a new pid).
+/// This process's owner word: computed once, forgotten in a forked child
+/// (which is another process) by a pthread_atfork hook, so the hot path makes
+/// no system call.
 pub fn me() -> u64 {
-    static CACHE: AtomicU64 = AtomicU64::new(0);
-    let pid = std::process::id();
-    let cached = CACHE.load(Ordering::Relaxed);
-    if cached != 0 && Owner::decode(cached).pid == pid {
+    static FORK_HOOK: Once = Once::new();
+    FORK_HOOK.call_once(|| {
+        // SAFETY: registers a child handler that only stores to an atomic,
+        // which is async-signal-safe as fork requires.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_identity)) };
+    });
+    let cached = IDENTITY.load(Ordering::Relaxed);
+    if cached != 0 {
         return cached;
     }
+    let pid = std::process::id();
     let stamp = match start_stamp(pid) {
         Probe::Alive(stamp) => stamp,
         Probe::AliveUnknownStamp | Probe::Dead => 0,
     };
     let word = Owner { pid, stamp }.encode();
-    CACHE.store(word, Ordering::Relaxed);
+    IDENTITY.store(word, Ordering::Relaxed);
     word
+}
+
+/// This process's identity once known; 0 until then and in a fresh fork child.
+static IDENTITY: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forget_identity() {
+    IDENTITY.store(0, Ordering::Relaxed);
+}
+
+/// This process's pid, without a system call once `me` has run.
+pub fn my_pid() -> u32 {
+    Owner::decode(me()).pid
 }
 
 #[cfg(test)]
@@ -138,6 +157,25 @@ mod tests {
                 "a different start time is another process"
             );
         }
+    }
+
+    #[test]
+    fn a_forked_child_is_someone_else() {
+        let parent = me();
+        // SAFETY: the child only calls async-signal-safe code (me() reads
+        // /proc through std, which allocates: acceptable in this single-purpose
+        // test child) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let child = me();
+            let ok = child != parent && Owner::decode(child).pid == std::process::id();
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child we just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 
     #[test]

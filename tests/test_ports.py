@@ -336,3 +336,27 @@ def test_foreign_table_file_falls_back(tmp_path: Path) -> None:
     bogus.write_bytes(b"\xff" * 4096)
     with pytest.raises(ValueError, match="not a kernel-connect port table"):
         _native.PortTable(str(bogus))
+
+
+def test_a_forked_child_reserves_as_itself(tmp_path: Path) -> None:
+    """After os.fork the child is another owner: its reservations carry its pid
+    and die with it, and the parent's stay the parent's."""
+    table = _native.PortTable(str(tmp_path / "ports"))
+    [mine] = table.reserve("127.0.0.1", 1)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            [port] = table.reserve("127.0.0.1", 1)
+            ok = table.owner(port) == (os.getpid(), True) and not table.holds(mine)
+            os.write(write_end, f"{port} {int(ok)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        port, ok = map(int, pipe.read().split())
+    os.waitpid(pid, 0)
+    assert ok == 1
+    assert table.owner(port) == (pid, False), "the child's reservation died with it"
+    assert table.holds(mine)
+    table.release_all()
