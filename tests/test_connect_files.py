@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,7 @@ def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
             textwrap.dedent(f"""
             import json, os
             reads = bad = 0
+            print("reading", flush=True)
             while not os.path.exists({str(stop)!r}) and reads < 500_000:
                 try:
                     with open({str(target)!r}) as f:
@@ -281,10 +283,15 @@ def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    for i in range(400):
+    assert reader.stdout is not None
+    assert reader.stdout.readline().strip() == "reading"
+    # At least 400 rewrites, and for at least half a second, however fast they are.
+    started, i = time.monotonic(), 0
+    while i < 20_000 and (i < 400 or time.monotonic() - started < 0.5):
         write_connection_file(
             str(target), 1, 2, 3, 4, 5, key=b"k", padding="y" * (i % 7 * 5000 + 1)
         )
+        i += 1
     stop.touch()
     out, _ = reader.communicate(timeout=60)
     reads, bad = map(int, out.split())

@@ -100,14 +100,13 @@ def test_sixteen_threads_never_share_a_port() -> None:
 
 
 HAMMER = textwrap.dedent("""
-    import json, socket, sys, time
+    import json, socket, sys
     from kernel_connect import _native
     table = _native.PortTable(sys.argv[1])
-    start_at = float(sys.argv[2])
-    while time.time() < start_at:
-        pass
+    print("ready", flush=True)
+    sys.stdin.readline()  # "go": all eight start together
     conflicts, kernels, held = 0, 0, []
-    for round_ in range(int(sys.argv[3])):
+    for round_ in range(int(sys.argv[2])):
         ports = table.reserve("127.0.0.1", 5)
         socks = []
         for p in ports:
@@ -134,19 +133,22 @@ HAMMER = textwrap.dedent("""
 def test_eight_processes_hammering_never_share_a_port(tmp_path: Path) -> None:
     """Eight processes reserve and bind ports as kernels would, at the same time;
     every reserved port binds, and the ports they keep are all distinct."""
-    import time
-
     table_path = str(tmp_path / "ports")
-    start_at = time.time() + 1.0
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", HAMMER, table_path, str(start_at), "200"],
+            [sys.executable, "-c", HAMMER, table_path, "200"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(8)
     ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     reports = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
     for p in procs:
         p.communicate(timeout=60)
