@@ -143,19 +143,12 @@ fn class_match<T: Unit>(pattern: &[T], c: T) -> Option<(bool, usize)> {
 pub fn glob_names(dir: &Path, pattern: &str) -> Vec<String> {
     let hidden_ok = pattern.starts_with('.');
     let mut out = Vec::new();
-    let keep = |name: &[u8]| {
-        if (!hidden_ok && name.first() == Some(&b'.')) || name == b"." || name == b".." {
-            return None;
-        }
-        let name = std::str::from_utf8(name).ok()?;
-        fnmatch(name, pattern).then(|| name.to_owned())
-    };
     let Ok(fd) = DirFd::open(dir) else {
         return out;
     };
-    for_each_name(&fd, |name| {
-        if let Some(hit) = keep(name) {
-            out.push(hit);
+    for_each_name(&fd, |raw| {
+        if let Some(name) = matching_name(raw, pattern, hidden_ok) {
+            out.push(name);
         }
     });
     out
@@ -302,6 +295,8 @@ pub fn find_newest(dirs: &[PathBuf], pattern: &str) -> Result<Option<PathBuf>> {
 /// Names are handed to the stat workers in batches of this many.
 const STAT_BATCH: usize = 256;
 
+/// `raw` as a name if it matches: never "." or "..", hidden names only when the
+/// pattern is hidden too (glob's rule), UTF-8 only.
 fn matching_name(raw: &[u8], pattern: &str, hidden_ok: bool) -> Option<String> {
     if (!hidden_ok && raw.first() == Some(&b'.')) || raw == b"." || raw == b".." {
         return None;

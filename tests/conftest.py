@@ -19,6 +19,9 @@ os.environ["JUPYTER_RUNTIME_DIR"] = _RUNTIME
 os.environ.pop("KERNEL_CONNECT_PORT_TABLE", None)
 os.environ.pop("KERNEL_CONNECT_PORT_RANGE", None)
 
+# Shared fixtures: `kernel` (a module-wide ready kernel) and the kernel helpers.
+pytest_plugins = ["kernel_fixtures"]
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_RUNTIME, ignore_errors=True)

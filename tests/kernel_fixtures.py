@@ -48,8 +48,8 @@ def stop_kernel(km: KernelManager, kc: BlockingKernelClient | None = None) -> No
 
 
 @pytest.fixture(scope="module")
-def shared_kernel() -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """One ready kernel for a whole test module."""
+def kernel() -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """One ready kernel for a whole test module (import this fixture to use it)."""
     km, kc = start_ready_kernel()
     yield km, kc
     stop_kernel(km, kc)

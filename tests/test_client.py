@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from queue import Empty
 from typing import Any
 
 import pytest
 
 from kernel_connect.client import BlockingKernelClient
-from kernel_connect.manager import KernelManager
 from kernel_fixtures import (
     pid_alive,
     result_text,
@@ -22,13 +20,6 @@ from kernel_fixtures import (
 )
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_ready_kernel()
-    yield km, kc
-    stop_kernel(km, kc)
 
 
 def _reply(kc: BlockingKernelClient, msg_id: str) -> dict[str, Any]:

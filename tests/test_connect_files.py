@@ -60,64 +60,33 @@ extras = st.dictionaries(extra_names, json_values, max_size=4)
 schemes = st.sampled_from(["hmac-sha256", "hmac-sha1", "hmac-md5", "hmac-sha512", "hmac-sha3_256"])
 
 
-def _info_kwargs(
-    draw_ports: list[int], ip: str, key: str, name: str, scheme: str
-) -> dict[str, Any]:
+@st.composite
+def connection_kwargs(draw: st.DrawFn) -> dict[str, Any]:
+    """write_connection_file keyword arguments: explicit ports, any strings, a
+    digest jupyter_client accepts, and extra keys with nested JSON values."""
+    ports = draw(st.lists(port, min_size=5, max_size=5))
     return {
-        **dict(zip(PORTS, draw_ports, strict=True)),
-        "ip": ip,
-        "key": key.encode(),
-        "signature_scheme": scheme,
-        "kernel_name": name,
+        **dict(zip(PORTS, ports, strict=True)),
+        "ip": draw(text.filter(bool)),
+        "key": draw(text).encode(),
+        "signature_scheme": draw(schemes),
+        "kernel_name": draw(text),
+        **draw(extras),
     }
 
 
 @SETTINGS
-@given(
-    ports=st.lists(port, min_size=5, max_size=5),
-    ip=text,
-    key=text,
-    name=text,
-    scheme=schemes,
-    extra=extras,
-)
-def test_bytes_identical_to_jupyter_client(
-    tmp_path: Path,
-    ports: list[int],
-    ip: str,
-    key: str,
-    name: str,
-    scheme: str,
-    extra: dict[str, Any],
-) -> None:
-    ip = ip or "127.0.0.1"
-    kwargs = _info_kwargs(ports, ip, key, name, scheme)
-    ours, _ = write_connection_file(str(tmp_path / "ours.json"), **kwargs, **extra)
-    theirs, _ = jc.write_connection_file(str(tmp_path / "theirs.json"), **kwargs, **extra)
+@given(kwargs=connection_kwargs())
+def test_bytes_identical_to_jupyter_client(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    ours, _ = write_connection_file(str(tmp_path / "ours.json"), **kwargs)
+    theirs, _ = jc.write_connection_file(str(tmp_path / "theirs.json"), **kwargs)
     assert Path(ours).read_bytes() == Path(theirs).read_bytes()
 
 
 @SETTINGS
-@given(
-    ports=st.lists(port, min_size=5, max_size=5),
-    ip=text.filter(bool),
-    key=text,
-    name=text,
-    scheme=schemes,
-    extra=extras,
-)
-def test_round_trip(
-    tmp_path: Path,
-    ports: list[int],
-    ip: str,
-    key: str,
-    name: str,
-    scheme: str,
-    extra: dict[str, Any],
-) -> None:
-    fname, info = write_connection_file(
-        str(tmp_path / "k.json"), **_info_kwargs(ports, ip, key, name, scheme), **extra
-    )
+@given(kwargs=connection_kwargs())
+def test_round_trip(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    fname, info = write_connection_file(str(tmp_path / "k.json"), **kwargs)
     assert read_connection_file(fname) == info
     # Python's own json agrees with what we read back, key order included.
     assert list(json.loads(Path(fname).read_text())) == list(info)

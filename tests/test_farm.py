@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from kernel_connect.farm import main, run_farm
+from kernel_connect.farm import format_table, main, run_farm
 from kernel_fixtures import pid_alive
 
 pytestmark = pytest.mark.kernel
@@ -26,6 +27,23 @@ def test_farm_runs_code_on_every_kernel_and_cleans_up() -> None:
         assert len(set(k.ports)) == 5
         assert not os.path.exists(k.manager.connection_file)
     assert not any(pid_alive(p) for p in pids if p is not None)
+
+
+def test_table_labels_each_port_with_its_channel() -> None:
+    channels = ["shell", "iopub", "stdin", "hb", "control"]
+    seen: dict[str, int] = {}
+
+    def on_ready(fk: Any, state: str) -> None:
+        if state == "ready":
+            seen.update({c: getattr(fk.manager, f"{c}_port") for c in channels})
+
+    report = run_farm(n=1, code="1", progress=on_ready)
+    assert report.ok
+    header, _, row = format_table(report).splitlines()[:3]
+    labels = header.split("ports (", 1)[1].split(")", 1)[0].split(",")
+    values = [int(v) for v in row.split()[2].split(",")]
+    assert sorted(labels) == sorted(channels)
+    assert dict(zip(labels, values, strict=True)) == seen
 
 
 def test_farm_command_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:

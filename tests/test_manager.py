@@ -9,7 +9,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,6 @@ from kernel_fixtures import (
 )
 
 pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_ready_kernel()
-    yield km, kc
-    stop_kernel(km, kc)
 
 
 def test_started_kernel_state_file_and_reserved_ports(kernel: tuple) -> None:

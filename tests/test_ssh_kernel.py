@@ -27,8 +27,6 @@ from kernel_fixtures import (
     ports_held,
     result_text,
     run_code,
-    start_ready_kernel,
-    stop_kernel,
     stream_text,
     wait_until,
 )
@@ -40,13 +38,6 @@ BACKENDS = ["paramiko", "openssh"]
 
 # the sshd_server (session) and echo_server fixtures
 pytest_plugins = ["sshd"]
-
-
-@pytest.fixture(scope="module")
-def kernel() -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_ready_kernel()
-    yield km, kc
-    stop_kernel(km, kc)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from typing import Any
 from kernel_connect.client import BlockingKernelClient
 from kernel_connect.errors import KernelTimeoutError
 from kernel_connect.manager import KernelManager
+from kernel_connect.mixin import PORT_NAMES
 
 DEFAULT_CODE = "import os; os.getpid()"
 
@@ -258,7 +259,8 @@ def run_farm(
 
 def format_table(report: FarmReport) -> str:
     """Render the farm report as a plain-text table plus a summary."""
-    headers = ["kernel", "pid", "ports (shell,iopub,stdin,hb,control)", "ready (s)", "result"]
+    order = ",".join(name.removesuffix("_port") for name in PORT_NAMES)
+    headers = ["kernel", "pid", f"ports ({order})", "ready (s)", "result"]
     rows = []
     for fk in report.kernels:
         rows.append(

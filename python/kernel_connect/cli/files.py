@@ -9,6 +9,7 @@ from typing import Any
 
 from kernel_connect.cli import CommandError
 from kernel_connect.cli.output import age, emit_json, plural, table
+from kernel_connect.connect import PORT_NAMES
 from kernel_connect.liveness import (
     ConnectionFileStatus,
     listening_tcp_ports,
@@ -37,10 +38,7 @@ def _as_json(status: ConnectionFileStatus) -> dict[str, Any]:
         "kernel_name": info.get("kernel_name"),
         "transport": info.get("transport"),
         "ip": info.get("ip"),
-        "ports": {
-            n: info.get(n)
-            for n in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-        },
+        "ports": {n: info.get(n) for n in PORT_NAMES},
         "age_s": round(status.age_s, 3),
         "alive": status.alive,
         "reason": status.reason,
