@@ -10,9 +10,13 @@ pub mod error;
 pub mod ifaddrs;
 pub mod json;
 pub mod jsonparse;
+pub mod owners;
 pub mod ports;
 pub mod process;
 pub mod scan;
+pub mod sigbus;
+pub mod slot;
+pub mod table_file;
 
 #[cfg(feature = "python")]
 mod bindings {
@@ -20,7 +24,7 @@ mod bindings {
     use std::sync::Arc;
 
     use pyo3::create_exception;
-    use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+    use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
     use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -28,8 +32,47 @@ mod bindings {
     use crate::connfile::{self, ConnectionInfo};
     use crate::error::Error;
     use crate::json::Value;
-    use crate::ports::PortTable;
+    use crate::ports::{Kind, PortTable};
     use crate::scan;
+    use crate::table_file::Access;
+
+    /// Run a binding's body so that a Rust panic (a bug) reaches Python as an
+    /// ordinary RuntimeError, which `except Exception` catches, instead of
+    /// pyo3's PanicException (a BaseException). The payload is not quoted: a
+    /// panic message can carry the data being handled, keys included.
+    fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(result) => result,
+            Err(_) => Err(PyRuntimeError::new_err(
+                "internal error in kernel-connect's Rust core (a bug: please report it)",
+            )),
+        }
+    }
+
+    /// Panics in this crate print where they happened, never their message
+    /// (which can quote a key); other panics go to the hook that was there.
+    fn quiet_panics() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let ours = info
+                    .location()
+                    .is_some_and(|l| l.file().starts_with("rust/"));
+                if ours {
+                    if let Some(location) = info.location() {
+                        eprintln!(
+                            "kernel-connect: internal error at {}:{}",
+                            location.file(),
+                            location.line()
+                        );
+                    }
+                } else {
+                    previous(info);
+                }
+            }));
+        });
+    }
 
     create_exception!(
         _native,
@@ -359,6 +402,9 @@ mod bindings {
             .map_err(|e| to_py(py, e))
     }
 
+    /// (port, owner pid, protected, lease end) as `PortTable.held` lists them.
+    type HeldRow = (u16, u32, bool, Option<u64>);
+
     /// The cross-process port reservation table.
     #[pyclass(name = "PortTable", module = "kernel_connect._native", frozen)]
     struct PyPortTable {
@@ -367,19 +413,23 @@ mod bindings {
 
     #[pymethods]
     impl PyPortTable {
-        /// Open (creating if needed) the shared table at `path`, or with None a
-        /// table private to this process.
+        /// Open (creating if needed) the table at `path`, shared by every user
+        /// of the host when `shared` (mode 0666) or this user's own (0600);
+        /// with None, a table private to this process.
         #[new]
-        #[pyo3(signature = (path=None))]
-        fn new(py: Python<'_>, path: Option<PathBuf>) -> PyResult<Self> {
-            let table = py
-                .detach(|| match &path {
-                    Some(p) => PortTable::open(p),
-                    None => PortTable::in_process(),
+        #[pyo3(signature = (path=None, shared=false))]
+        fn new(py: Python<'_>, path: Option<PathBuf>, shared: bool) -> PyResult<Self> {
+            guarded(|| {
+                let access = if shared { Access::Host } else { Access::User };
+                let table = py
+                    .detach(|| match &path {
+                        Some(p) => PortTable::open(p, access),
+                        None => PortTable::in_process(),
+                    })
+                    .map_err(|e| to_py(py, e))?;
+                Ok(PyPortTable {
+                    table: Arc::new(table),
                 })
-                .map_err(|e| to_py(py, e))?;
-            Ok(PyPortTable {
-                table: Arc::new(table),
             })
         }
 
@@ -389,51 +439,70 @@ mod bindings {
             self.table.path().map(|p| p.to_string_lossy().into_owned())
         }
 
-        /// Reserve `count` distinct ports bindable on `ip`.
-        #[pyo3(signature = (ip, count=1, port_range=None))]
+        /// Reserve `count` distinct ports bindable on `ip`: held by this
+        /// process, or with `lease` leased for that many seconds.
+        #[pyo3(signature = (ip, count=1, port_range=None, lease=None))]
         fn reserve(
             &self,
             py: Python<'_>,
             ip: String,
             count: usize,
             port_range: Option<(u16, u16)>,
+            lease: Option<u32>,
         ) -> PyResult<Vec<u16>> {
-            let table = Arc::clone(&self.table);
-            py.detach(move || table.reserve(&ip, count, port_range))
-                .map_err(|e| to_py(py, e))
-        }
-
-        /// Free `port` if this process holds it; False for ports it does not hold.
-        fn release(&self, port: u16) -> bool {
-            self.table.release(port)
-        }
-
-        /// Free every port this process holds; returns how many.
-        fn release_all(&self, py: Python<'_>) -> usize {
-            let table = Arc::clone(&self.table);
-            py.detach(move || table.release_all())
-        }
-
-        /// True if this process holds `port`.
-        fn holds(&self, port: u16) -> bool {
-            self.table.holds(port)
-        }
-
-        /// (pid, alive) of the holder of `port`, or None if it is free.
-        fn owner(&self, port: u16) -> Option<(u32, bool)> {
-            self.table.owner(port).map(|o| (o.pid, o.is_alive()))
-        }
-
-        /// Every held port as (port, owner pid, owner alive).
-        fn held(&self, py: Python<'_>) -> Vec<(u16, u32, bool)> {
-            let table = Arc::clone(&self.table);
-            py.detach(move || {
-                table
-                    .held()
-                    .into_iter()
-                    .map(|h| (h.port, h.owner.pid, h.alive))
-                    .collect()
+            guarded(|| {
+                let table = Arc::clone(&self.table);
+                let kind = match lease {
+                    None => Kind::Held,
+                    Some(seconds) => Kind::Lease { seconds },
+                };
+                py.detach(move || table.reserve(&ip, count, port_range, kind))
+                    .map_err(|e| to_py(py, e))
             })
+        }
+
+        /// Free `port` if this process reserved it; False for ports it does not hold.
+        fn release(&self, py: Python<'_>, port: u16) -> PyResult<bool> {
+            guarded(|| self.table.release(port).map_err(|e| to_py(py, e)))
+        }
+
+        /// Free every port this process holds (leases run their course); how many.
+        fn release_all(&self, py: Python<'_>) -> PyResult<usize> {
+            guarded(|| {
+                let table = Arc::clone(&self.table);
+                py.detach(move || table.release_all())
+                    .map_err(|e| to_py(py, e))
+            })
+        }
+
+        /// True if this process holds `port` (or leases it, until the lease ends).
+        fn holds(&self, py: Python<'_>, port: u16) -> PyResult<bool> {
+            guarded(|| self.table.holds(port).map_err(|e| to_py(py, e)))
+        }
+
+        /// (pid, protected) of the reservation of `port`, or None if it is free.
+        fn owner(&self, py: Python<'_>, port: u16) -> PyResult<Option<(u32, bool)>> {
+            guarded(|| self.table.owner(port).map_err(|e| to_py(py, e)))
+        }
+
+        /// Every taken port as (port, owner pid, protected, lease end or None).
+        /// The lease end is in `clock_seconds()` time.
+        fn held(&self, py: Python<'_>) -> PyResult<Vec<HeldRow>> {
+            guarded(|| {
+                let table = Arc::clone(&self.table);
+                py.detach(move || table.held())
+                    .map(|held| {
+                        held.into_iter()
+                            .map(|h| (h.port, h.pid, h.alive, h.lease_until))
+                            .collect()
+                    })
+                    .map_err(|e| to_py(py, e))
+            })
+        }
+
+        /// Warnings since the last call: a table replaced under us, ports lost.
+        fn take_notices(&self) -> Vec<String> {
+            self.table.take_notices()
         }
 
         fn __repr__(&self) -> String {
@@ -444,9 +513,23 @@ mod bindings {
         }
     }
 
+    /// How many ports the default candidates hold: (above the OS's ephemeral
+    /// range, the range's odd ports, its even ports).
+    #[pyfunction]
+    fn default_capacity() -> (usize, usize, usize) {
+        crate::ports::default_capacity()
+    }
+
+    /// The clock leases are written in (seconds, shared by all processes).
+    #[pyfunction]
+    fn clock_seconds() -> u64 {
+        crate::process::clock_seconds()
+    }
+
     #[pymodule(gil_used = false)]
     fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
+        quiet_panics();
         m.add("ConnectionFileError", py.get_type::<ConnectionFileError>())?;
         m.add_class::<PyPortTable>()?;
         m.add_function(wrap_pyfunction!(format_connection_info, m)?)?;
@@ -459,6 +542,8 @@ mod bindings {
         m.add_function(wrap_pyfunction!(fnmatch, m)?)?;
         m.add_function(wrap_pyfunction!(find_newest, m)?)?;
         m.add_function(wrap_pyfunction!(interface_addresses, m)?)?;
+        m.add_function(wrap_pyfunction!(default_capacity, m)?)?;
+        m.add_function(wrap_pyfunction!(clock_seconds, m)?)?;
         Ok(())
     }
 }

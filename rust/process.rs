@@ -1,131 +1,70 @@
-//! Process identity: who owns a reservation, and is that owner still alive?
+//! Who this process is, as the port table needs to know: its pid, its pid and
+//! network namespaces, whether it is a fork of the process that registered with
+//! a table, and a clock that every process on the host reads alike.
 //!
-//! A pid alone is not an identity: pids are recycled, so a reservation made by a
-//! process that was SIGKILLed could look alive again once its pid is reused. We
-//! pair the pid with a stamp taken from the process's start time (Linux:
-//! `/proc/<pid>/stat` field 22), which a recycled pid does not share.
+//! Liveness itself is not judged from pids (see `owners.rs`): a pid means
+//! nothing in another pid namespace, and is recycled. The pid and the pid
+//! namespace are kept only to say who holds a port.
 
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::Once;
 
-/// The owner of a reservation: pid plus a start-time stamp.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub pid: u32,
-    pub stamp: u32,
-}
+/// Incremented in every forked child, before it runs anything else.
+static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
 
-impl Owner {
-    /// Packed into one table word. A real owner never packs to 0 (pid 0 is the kernel).
-    pub fn encode(self) -> u64 {
-        (u64::from(self.pid) << 32) | u64::from(self.stamp)
-    }
-
-    pub fn decode(word: u64) -> Owner {
-        Owner {
-            pid: (word >> 32) as u32,
-            stamp: (word & 0xffff_ffff) as u32,
-        }
-    }
-
-    /// True while the process that made the reservation still runs.
-    /// Zombies count as dead: they will never bind anything again.
-    pub fn is_alive(self) -> bool {
-        if self.pid == 0 {
-            return false;
-        }
-        match start_stamp(self.pid) {
-            Probe::Alive(stamp) => stamp == self.stamp,
-            Probe::AliveUnknownStamp => true,
-            Probe::Dead => false,
-        }
-    }
-}
-
-enum Probe {
-    Alive(u32),
-    AliveUnknownStamp,
-    Dead,
-}
-
-/// Whether /proc gives us start times on this machine (checked once).
-fn proc_stat_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| read_proc_stat(std::process::id()).is_some())
-}
-
-/// (state, starttime) of a process from /proc/<pid>/stat, or None if it is gone.
-fn read_proc_stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain anything,
-    // spaces and ')' included, so parse from the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // After the state come fields 4..; starttime is field 22, i.e. 18 further on.
-    let start = fields.nth(18)?.parse::<u64>().ok()?;
-    Some((state, start))
-}
-
-fn start_stamp(pid: u32) -> Probe {
-    if proc_stat_available() {
-        return match read_proc_stat(pid) {
-            Some(('Z' | 'X', _)) | None => Probe::Dead,
-            Some((_, start)) => Probe::Alive(start as u32),
-        };
-    }
-    kill_probe(pid)
-}
-
-/// Without /proc (macOS, or /proc not mounted) liveness is kill(pid, 0); the
-/// stamp is unknown, so a recycled pid is (conservatively) taken as alive.
-fn kill_probe(pid: u32) -> Probe {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return Probe::Dead;
-    };
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    if rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
-        Probe::AliveUnknownStamp
-    } else {
-        Probe::Dead
-    }
-}
-
-/// This process's owner word: computed once, forgotten in a forked child
-/// (which is another process) by a pthread_atfork hook, so the hot path makes
-/// no system call.
-pub fn me() -> u64 {
-    static FORK_HOOK: Once = Once::new();
-    FORK_HOOK.call_once(|| {
-        // SAFETY: registers a child handler that only stores to an atomic,
-        // which is async-signal-safe as fork requires.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_identity)) };
+/// Registers the fork hook once. A process that forks before it ever touched a
+/// table has nothing of a table to forget, so installing it lazily is enough.
+fn install_fork_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a child handler that only stores to atomics and
+        // closes file descriptors, both async-signal-safe as fork requires.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
-    let cached = IDENTITY.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    let pid = std::process::id();
-    let stamp = match start_stamp(pid) {
-        Probe::Alive(stamp) => stamp,
-        Probe::AliveUnknownStamp | Probe::Dead => 0,
-    };
-    let word = Owner { pid, stamp }.encode();
-    IDENTITY.store(word, Ordering::Relaxed);
-    word
 }
 
-/// This process's identity once known; 0 until then and in a fresh fork child.
-static IDENTITY: AtomicU64 = AtomicU64::new(0);
-
-extern "C" fn forget_identity() {
-    IDENTITY.store(0, Ordering::Relaxed);
+extern "C" fn after_fork_in_child() {
+    FORK_EPOCH.fetch_add(1, Ordering::AcqRel);
+    crate::owners::forget_inherited_locks();
 }
 
-/// This process's pid, without a system call once `me` has run.
+/// This process's fork generation: it changes in a forked child, so a value
+/// saved by the parent no longer matches there.
+pub fn fork_epoch() -> u64 {
+    install_fork_hook();
+    FORK_EPOCH.load(Ordering::Acquire)
+}
+
+/// This process's pid as its own pid namespace numbers it.
 pub fn my_pid() -> u32 {
-    Owner::decode(me()).pid
+    std::process::id()
+}
+
+/// The inode of a namespace of this process (`/proc/self/ns/<kind>`), which
+/// names it host-wide; 0 where the system does not expose namespaces.
+pub fn namespace_id(kind: &str) -> u64 {
+    std::fs::metadata(format!("/proc/self/ns/{kind}"))
+        .map(|m| m.ino())
+        .unwrap_or(0)
+}
+
+/// Seconds on a clock that all processes on the host share and that never
+/// jumps (boot time on Linux, counting suspend; monotonic elsewhere). Leases
+/// written by one process are read against it by another.
+pub fn clock_seconds() -> u64 {
+    #[cfg(target_os = "linux")]
+    const CLOCK: libc::clockid_t = libc::CLOCK_BOOTTIME;
+    #[cfg(not(target_os = "linux"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant
+    // every supported system has, so the call cannot fail.
+    unsafe { libc::clock_gettime(CLOCK, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -133,84 +72,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encode_round_trips() {
-        let owner = Owner {
-            pid: 4_194_303,
-            stamp: 0xdead_beef,
-        };
-        assert_eq!(Owner::decode(owner.encode()), owner);
-        assert_ne!(owner.encode(), 0);
-    }
-
-    #[test]
-    fn self_is_alive_and_a_wrong_stamp_is_not() {
-        let mine = Owner::decode(me());
-        assert_eq!(mine.pid, std::process::id());
-        assert!(mine.is_alive());
-        if proc_stat_available() {
-            let recycled = Owner {
-                pid: mine.pid,
-                stamp: mine.stamp.wrapping_add(1),
-            };
-            assert!(
-                !recycled.is_alive(),
-                "a different start time is another process"
-            );
-        }
-    }
-
-    #[test]
-    fn a_forked_child_is_someone_else() {
-        let parent = me();
-        // SAFETY: the child only calls async-signal-safe code (me() reads
-        // /proc through std, which allocates: acceptable in this single-purpose
-        // test child) and leaves with _exit.
+    fn a_forked_child_has_another_epoch() {
+        let parent = fork_epoch();
+        // SAFETY: the child calls only fork_epoch (an atomic load) and _exit.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork");
         if pid == 0 {
-            let child = me();
-            let ok = child != parent && Owner::decode(child).pid == std::process::id();
+            let ok = fork_epoch() != parent;
+            // SAFETY: leaving the forked test child without running destructors.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
         let mut status = 0;
         // SAFETY: waiting for the child we just forked.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(fork_epoch(), parent);
     }
 
     #[test]
-    fn reaped_child_is_dead() {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id();
-        child.wait().expect("wait");
-        let owner = Owner { pid, stamp: 0 };
-        // The pid could in theory be reused at once; a fresh process would have
-        // a different stamp anyway, so with /proc this is deterministic.
-        if proc_stat_available() {
-            assert!(!owner.is_alive());
-        }
+    fn clock_moves_forward_only() {
+        let a = clock_seconds();
+        let b = clock_seconds();
+        assert!(a > 0 && b >= a);
     }
 
     #[test]
-    fn zombie_is_dead() {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = child.id();
-        // Wait for it to exit without reaping it: poll /proc until it is a zombie.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if matches!(read_proc_stat(pid), Some(('Z', _)) | None) {
-                break;
-            }
-            std::thread::yield_now();
+    fn namespaces_are_named() {
+        if std::path::Path::new("/proc/self/ns/net").exists() {
+            assert_ne!(namespace_id("net"), 0);
+            assert_ne!(namespace_id("pid"), 0);
         }
-        if proc_stat_available() {
-            let stamp = read_proc_stat(pid).map(|(_, s)| s as u32).unwrap_or(0);
-            assert!(!Owner { pid, stamp }.is_alive());
-        }
-        child.wait().expect("reap");
+        assert_eq!(namespace_id("no-such-namespace"), 0);
     }
 }

@@ -301,10 +301,10 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_failed_write_returns_its_reserved_ports(tmp_path: Path) -> None:
     table = LocalPortCache.instance().table
-    before = {p for p, _, _ in table.held()}
+    before = {p for p, *_ in table.held()}
     with pytest.raises(FileNotFoundError, match="missing"):
         write_connection_file(str(tmp_path / "missing" / "k.json"))
-    assert {p for p, _, _ in table.held()} == before
+    assert {p for p, *_ in table.held()} == before
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "KernelConnectionInfo": "kernel_connect.connect",
-    "LocalPortCache": "kernel_connect.connect",
+    "LocalPortCache": "kernel_connect.ports",
     "write_connection_file": "kernel_connect.connect",
     "find_connection_file": "kernel_connect.connect",
     "read_connection_file": "kernel_connect.connect",

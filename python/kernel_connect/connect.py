@@ -8,19 +8,19 @@ and privately, and directory scans do not stat what they do not need to.
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import glob
 import os
 import tempfile
-import threading
 import warnings
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from kernel_connect import _native
 from kernel_connect._native import ConnectionFileError
 from kernel_connect.localinterfaces import localhost
-from kernel_connect.paths import port_table_path, runtime_dir
+from kernel_connect.paths import runtime_dir
+from kernel_connect.ports import LocalPortCache
 
 if TYPE_CHECKING:
     from kernel_connect.mixin import ConnectionFileMixin
@@ -33,131 +33,6 @@ KernelConnectionInfo = dict[str, Any]
 
 #: jupyter_client's key order for the five channels.
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-
-
-class LocalPortCache:
-    """Process-wide access to the port reservation table.
-
-    Ports handed out here are reserved in a table shared by every process of this
-    user on this host (a memory-mapped file in the Jupyter runtime directory), so
-    two kernels are never given the same port, whichever process starts them. A
-    reservation lasts until :meth:`return_port`, until this process exits, or
-    until another allocation finds this process dead.
-
-    Ports come from above the OS's ephemeral range, which the OS never hands
-    out by itself (so no other process's bind to port 0, nor an outgoing
-    connection, can take a port between its reservation and the kernel's bind),
-    then from the ephemeral range's odd ports. Set
-    ``KERNEL_CONNECT_PORT_RANGE=low-high`` (or pass ``port_range``) to take
-    ports from a fixed range instead.
-    """
-
-    _instance: ClassVar[LocalPortCache | None] = None
-    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(
-        self,
-        table: _native.PortTable | None = None,
-        port_range: tuple[int, int] | None = None,
-    ) -> None:
-        self._table = table
-        self._table_lock = threading.Lock()
-        self.port_range = port_range if port_range is not None else _range_from_env()
-
-    @classmethod
-    def instance(cls, *args: Any, **kwargs: Any) -> LocalPortCache:
-        """The process-wide instance (created on first call)."""
-        if cls._instance is None:
-            with cls._instance_lock:
-                if cls._instance is None:
-                    cls._instance = cls(*args, **kwargs)
-        return cls._instance
-
-    @classmethod
-    def initialized(cls) -> bool:
-        """True once :meth:`instance` has created the instance."""
-        return cls._instance is not None
-
-    @classmethod
-    def clear_instance(cls) -> None:
-        """Forget the process-wide instance (tests use this to change settings)."""
-        with cls._instance_lock:
-            cls._instance = None
-
-    @property
-    def table(self) -> _native.PortTable:
-        """The reservation table, opened on first use."""
-        if self._table is None:
-            with self._table_lock:
-                if self._table is None:
-                    self._table = _open_table()
-        return self._table
-
-    def find_available_port(self, ip: str) -> int:
-        """Reserve one port that is free to bind on ``ip`` and return it."""
-        table = self._table or self.table
-        return table.reserve(ip or localhost(), 1, self.port_range)[0]
-
-    def reserve(self, ip: str, count: int) -> list[int]:
-        """Reserve ``count`` distinct ports free to bind on ``ip``, in one call."""
-        table = self._table or self.table
-        return table.reserve(ip or localhost(), count, self.port_range)
-
-    def return_port(self, port: int) -> None:
-        """Give ``port`` back. Ports this process does not hold are ignored."""
-        if 0 < port < 65536:
-            (self._table or self.table).release(port)
-
-    def return_ports(self, ports: Iterable[int]) -> None:
-        """Give several ports back."""
-        for port in ports:
-            self.return_port(port)
-
-
-def _range_from_env() -> tuple[int, int] | None:
-    text = os.environ.get("KERNEL_CONNECT_PORT_RANGE", "").strip()
-    if not text:
-        return None
-    low, sep, high = text.partition("-")
-    try:
-        lo, hi = int(low), int(high)
-    except ValueError:
-        lo = hi = -1
-    if not sep or not 0 < lo <= hi < 65536:
-        raise ValueError(
-            f"KERNEL_CONNECT_PORT_RANGE={text!r}: "
-            "expected 'low-high' with 1 <= low <= high <= 65535"
-        )
-    return lo, hi
-
-
-_opened_tables: list[_native.PortTable] = []
-
-
-def _open_table() -> _native.PortTable:
-    """The shared table, or an in-process one (with one warning) when the runtime
-    directory cannot hold it."""
-    try:
-        path = port_table_path()
-        table = _native.PortTable(path)
-    except (OSError, ValueError) as err:
-        warnings.warn(
-            f"kernel-connect: cannot use the shared port table ({err}); falling back to "
-            "an in-process table, which does not protect against other processes",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        table = _native.PortTable(None)
-    if not _opened_tables:
-        atexit.register(_release_at_exit)
-    _opened_tables.append(table)
-    return table
-
-
-def _release_at_exit() -> None:
-    """A clean exit frees our reservations at once instead of waiting for reclaim."""
-    for table in _opened_tables:
-        table.release_all()
 
 
 def _ipc_ports(ip: str, count: int) -> list[int]:
@@ -198,10 +73,13 @@ def write_connection_file(
     fname : str, optional
         Path to write. A new temporary ``.json`` file when omitted.
     shell_port, iopub_port, stdin_port, hb_port, control_port : int
-        Channel ports; 0 (or less) reserves a free one through the port table.
-        Reserved ports stay reserved by this process until returned with
-        ``LocalPortCache.instance().return_port``. With ``transport='ipc'`` they
-        are the N of ``{ip}-N`` socket paths that do not exist yet.
+        Channel ports; 0 (or less) leases a free one from the port table. A
+        lease protects the port for ``LocalPortCache.lease_seconds`` (120 s by
+        default; ``KERNEL_CONNECT_LEASE_SECONDS``), long enough for the kernel
+        to start and bind it, and ends sooner if this process sees the file
+        deleted or replaced; ``LocalPortCache.instance().return_ports`` ends it
+        at once. With ``transport='ipc'`` they are the N of ``{ip}-N`` socket
+        paths that do not exist yet.
     ip : str
         Address the kernel binds; localhost when empty.
     key : bytes
@@ -227,23 +105,28 @@ def write_connection_file(
     for name, port in zip(PORT_NAMES, ports, strict=True):
         if not isinstance(port, int) or isinstance(port, bool) or port > 65535:
             raise _field_error(name, f"expected an integer port 0..65535, got {port!r}")
+    # Everything that can be refused is refused before a port is reserved or
+    # a file created, so a refusal leaves nothing behind.
+    key_text = _text("key", key, "utf-8")
+    public = _text("curve_publickey", curve_publickey, "ascii")
+    secret = _text("curve_secretkey", curve_secretkey, "ascii")
     wanted = [i for i, port in enumerate(ports) if port <= 0]
-    reserved: list[int] = []
-    if wanted:
-        if transport == "tcp":
-            reserved = LocalPortCache.instance().reserve(ip, len(wanted))
-            fresh = reserved
-        else:
-            fresh = _ipc_ports(ip, len(wanted))
-        for i, port in zip(wanted, fresh, strict=True):
-            ports[i] = port
-    if not fname:
-        fd, fname = tempfile.mkstemp(".json")
-        os.close(fd)
-    key_text = key.decode() if isinstance(key, bytes) else key
-    public = _ascii(curve_publickey)
-    secret = _ascii(curve_secretkey)
+    leased: list[int] = []
+    created_temp = False
+    cache = LocalPortCache.instance()
     try:
+        if wanted:
+            if transport == "tcp":
+                leased = cache.lease(ip, len(wanted))
+                fresh = leased
+            else:
+                fresh = _ipc_ports(ip, len(wanted))
+            for i, port in zip(wanted, fresh, strict=True):
+                ports[i] = port
+        if not fname:
+            fd, fname = tempfile.mkstemp(".json")
+            os.close(fd)
+            created_temp = True
         _native.write_connection_file(
             os.fspath(fname),
             ports,
@@ -257,8 +140,12 @@ def write_connection_file(
             kwargs or None,
         )
     except BaseException:
-        LocalPortCache.instance().return_ports(reserved)
+        cache.return_ports(leased)
+        if created_temp and fname:
+            with contextlib.suppress(OSError):
+                os.remove(fname)
         raise
+    cache.leased_for(leased, fname)
     info: KernelConnectionInfo = dict(zip(PORT_NAMES, ports, strict=True))
     info.update(
         ip=ip,
@@ -283,10 +170,17 @@ def _field_error(field: str, reason: str) -> ConnectionFileError:
     return err
 
 
-def _ascii(value: bytes | str | None) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("ascii")
-    return value
+def _text(field: str, value: bytes | str | None, encoding: str) -> Any:
+    """A secret as text for the file. A value that does not decode is refused
+    naming the field and the byte offset only: UnicodeDecodeError's own args
+    would carry the whole secret."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode(encoding)
+    except UnicodeDecodeError as err:
+        bad = err.start
+    raise _field_error(field, f"not valid {encoding.upper()} (byte {bad})")
 
 
 def read_connection_file(fname: str | os.PathLike[str]) -> KernelConnectionInfo:

@@ -206,36 +206,48 @@ class ConnectionFileMixin(LoggingConfigurable):
             Extra fields for the file (see ``write_connection_file``).
         """
         from kernel_connect.connect import write_connection_file
+        from kernel_connect.ports import LocalPortCache
 
         if self._connection_file_written and os.path.exists(self.connection_file):
             return
         self._record_random_port_names()
-        before = self.ports
-        fname, cfg = write_connection_file(
-            self.connection_file or None,
-            transport=self.transport,
-            ip=self.ip,
-            key=self.session.key,
-            stdin_port=self.stdin_port,
-            iopub_port=self.iopub_port,
-            shell_port=self.shell_port,
-            hb_port=self.hb_port,
-            control_port=self.control_port,
-            signature_scheme=self.session.signature_scheme,
-            kernel_name=self.kernel_name,
-            curve_publickey=self.curve_publickey,
-            curve_secretkey=self.curve_secretkey,
-            **kwargs,
-        )
+        reserved: list[int] = []
+        if self.transport == "tcp":
+            # Held, not leased: this object returns them when it cleans up.
+            unset = [name for name in PORT_NAMES if getattr(self, name) <= 0]
+            if unset:
+                reserved = LocalPortCache.instance().reserve(self.ip, len(unset))
+                for name, port in zip(unset, reserved, strict=True):
+                    setattr(self, name, port)
+        try:
+            fname, cfg = write_connection_file(
+                self.connection_file or None,
+                transport=self.transport,
+                ip=self.ip,
+                key=self.session.key,
+                stdin_port=self.stdin_port,
+                iopub_port=self.iopub_port,
+                shell_port=self.shell_port,
+                hb_port=self.hb_port,
+                control_port=self.control_port,
+                signature_scheme=self.session.signature_scheme,
+                kernel_name=self.kernel_name,
+                curve_publickey=self.curve_publickey,
+                curve_secretkey=self.curve_secretkey,
+                **kwargs,
+            )
+        except BaseException:
+            if reserved:
+                LocalPortCache.instance().return_ports(reserved)
+                for name in PORT_NAMES:
+                    if getattr(self, name) in reserved:
+                        setattr(self, name, 0)
+            raise
         self.connection_file = fname
-        for name, old in zip(PORT_NAMES, before, strict=True):
-            new = int(cast(int, cfg[name]))
-            setattr(self, name, new)
-            if self.transport == "tcp" and old <= 0 and new > 0:
-                # Reserved for us by write_connection_file: ours to return.
-                if self._reserved_ports is None:
-                    self._reserved_ports = []
-                self._reserved_ports.append(new)
+        for name in PORT_NAMES:
+            setattr(self, name, int(cast(int, cfg[name])))
+        if reserved:
+            self._reserved_ports = [*(self._reserved_ports or []), *reserved]
         self._connection_file_written = True
 
     def cleanup_connection_file(self) -> None:
@@ -263,7 +275,7 @@ class ConnectionFileMixin(LoggingConfigurable):
         """Return the ports this object reserved to the reservation table."""
         if not self._reserved_ports:
             return
-        from kernel_connect.connect import LocalPortCache
+        from kernel_connect.ports import LocalPortCache
 
         ports, self._reserved_ports = self._reserved_ports, None
         LocalPortCache.instance().return_ports(ports)

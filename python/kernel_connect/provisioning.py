@@ -25,7 +25,8 @@ from typing import Any
 
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
-from kernel_connect.connect import PORT_NAMES, LocalPortCache
+from kernel_connect.connect import PORT_NAMES
+from kernel_connect.ports import LocalPortCache
 
 
 class KernelConnectProvisioner(LocalProvisioner):

@@ -89,19 +89,28 @@ def _backend(backend: str | None, paramiko: Any = None) -> str:
 
 
 def select_random_ports(n: int) -> list[int]:
-    """Reserve `n` distinct free local ports through kernel-connect's port table.
+    """Lease `n` distinct free local ports from kernel-connect's port table.
 
-    The ports stay reserved by this process (no other kernel-connect user is
-    handed them) until returned with ``LocalPortCache.instance().return_ports``
-    or until this process exits; tunnels return theirs when they close.
+    No other kernel-connect user is handed them while the lease lasts:
+    ``LocalPortCache.lease_seconds`` (120 s by default,
+    ``KERNEL_CONNECT_LEASE_SECONDS``), long enough to bind them; a bound port
+    is then protected by the OS. ``LocalPortCache.instance().return_ports``
+    ends the lease sooner.
     """
-    from kernel_connect.connect import LocalPortCache
+    from kernel_connect.ports import LocalPortCache
+
+    return list(LocalPortCache.instance().lease("127.0.0.1", n))
+
+
+def _hold_ports(n: int) -> list[int]:
+    """`n` ports held by this process until a tunnel's close returns them."""
+    from kernel_connect.ports import LocalPortCache
 
     return list(LocalPortCache.instance().reserve("127.0.0.1", n))
 
 
 def _return_ports(ports: Iterable[int]) -> None:
-    from kernel_connect.connect import LocalPortCache
+    from kernel_connect.ports import LocalPortCache
 
     with contextlib.suppress(Exception):
         LocalPortCache.instance().return_ports(list(ports))
@@ -544,7 +553,7 @@ def tunnel_to_kernel(
     chosen = _backend(backend)
     start = time.monotonic()
     if local_ports is None:
-        reserved = select_random_ports(len(CHANNELS))
+        reserved = _hold_ports(len(CHANNELS))
         ports = reserved
     else:
         if len(local_ports) != len(CHANNELS):
