@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("ls", "prune"):
         p = sub.add_parser(name, help=_COMMANDS[name][1], description=_COMMANDS[name][1])
         p.add_argument("--dir", metavar="DIR", help="directory to scan (default: runtime dir)")
+        p.add_argument(
+            "--pattern",
+            default="kernel-*.json",
+            metavar="GLOB",
+            help="file names to consider (default kernel-*.json, jupyter's own naming)",
+        )
         p.add_argument("--timeout", type=float, default=1.0, help="heartbeat timeout, seconds")
         p.add_argument("--json", action="store_true", help="print JSON")
         if name == "prune":

@@ -10,13 +10,7 @@ from typing import Any
 from kernel_connect.cli import CommandError
 from kernel_connect.cli.output import age, emit_json, plural, table
 from kernel_connect.connect import PORT_NAMES
-from kernel_connect.liveness import (
-    ConnectionFileStatus,
-    listening_tcp_ports,
-    ports_in_use,
-    probe,
-    scan_directory,
-)
+from kernel_connect.liveness import ConnectionFileStatus, probe, scan_directory
 from kernel_connect.paths import runtime_dir
 
 
@@ -41,14 +35,20 @@ def _as_json(status: ConnectionFileStatus) -> dict[str, Any]:
         "ports": {n: info.get(n) for n in PORT_NAMES},
         "age_s": round(status.age_s, 3),
         "alive": status.alive,
+        "state": status.state,
         "reason": status.reason,
         "error": status.error,
     }
 
 
-def run_ls(args: argparse.Namespace) -> int:
-    statuses = scan_directory(_directory(args))
+def _judged(args: argparse.Namespace) -> list[ConnectionFileStatus]:
+    statuses = scan_directory(_directory(args), args.pattern)
     probe(statuses, timeout=args.timeout)
+    return statuses
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    statuses = _judged(args)
     if args.json:
         emit_json([_as_json(s) for s in statuses])
         return 0
@@ -62,32 +62,32 @@ def run_ls(args: argparse.Namespace) -> int:
                 _endpoint(info) if s.info else "-",
                 ",".join(map(str, s.ports)) or "-",
                 age(s.age_s),
-                "alive" if s.alive else "dead",
+                f"unknown: {s.reason}" if s.alive is None else s.state,
             ]
         )
     headers = ["file", "kernel", "endpoint", "ports (shell,iopub,stdin,hb,control)", "age", "state"]
     print(table(headers, rows))
-    alive = sum(1 for s in statuses if s.alive)
-    print(
-        f"\n{plural(len(statuses), 'connection file')}: {alive} alive, {len(statuses) - alive} dead"
-    )
+    alive = sum(1 for s in statuses if s.alive is True)
+    dead = sum(1 for s in statuses if s.alive is False)
+    unknown = len(statuses) - alive - dead
+    summary = f"{plural(len(statuses), 'connection file')}: {alive} alive, {dead} dead"
+    print(f"\n{summary}, {unknown} unknown" if unknown else f"\n{summary}")
     return 0
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    statuses = scan_directory(_directory(args))
-    probe(statuses, timeout=args.timeout)
-    listening = listening_tcp_ports()
+    """Remove the files proved dead and older than --min-age; a dry run takes the
+    same decisions and only skips the unlink."""
+    statuses = _judged(args)
     removed: list[ConnectionFileStatus] = []
     kept_busy: list[ConnectionFileStatus] = []
+    kept_unknown: list[ConnectionFileStatus] = []
     failures: list[str] = []
     for s in statuses:
-        if s.alive or s.age_s < args.min_age:
+        if s.alive is None:
+            (kept_busy if s.extra.get("busy_ports") else kept_unknown).append(s)
             continue
-        busy = ports_in_use(s, listening)
-        if busy:
-            s.extra["busy_ports"] = busy
-            kept_busy.append(s)
+        if s.alive or s.age_s < args.min_age:
             continue
         if not args.dry_run:
             try:
@@ -105,6 +105,7 @@ def run_prune(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "removed": [s.path for s in removed],
                 "kept_ports_in_use": [s.path for s in kept_busy],
+                "kept_unknown": [{"path": s.path, "reason": s.reason} for s in kept_unknown],
                 "errors": failures,
             }
         )
@@ -113,6 +114,8 @@ def run_prune(args: argparse.Namespace) -> int:
             print(f"{verb} {s.path} ({s.reason})")
         for s in kept_busy:
             print(f"kept {s.path}: ports {s.extra['busy_ports']} are in use on this host")
+        for s in kept_unknown:
+            print(f"kept {s.path}: unknown ({s.reason})")
         print(f"{verb} {len(removed)} of {plural(len(statuses), 'connection file')}")
         for line in failures:
             print(f"error: {line}")
