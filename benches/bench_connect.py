@@ -26,6 +26,9 @@ from pathlib import Path
 
 # Benchmarks get their own runtime dir and port table, like the tests.
 os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="kc-bench-runtime-")
+os.environ["KERNEL_CONNECT_PORT_TABLE"] = os.path.join(
+    tempfile.mkdtemp(prefix="kc-bench-table-"), "ports"
+)
 
 import jupyter_client.connect as jc
 

@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import shlex
 import signal
 import stat
 import subprocess
@@ -480,6 +481,15 @@ def test_two_users_share_the_table_and_never_a_port(
         assert theirs.table == mine.table, theirs.warnings
         assert not set(mine.ports) & set(theirs.ports)
         assert theirs.ask(f"release {mine.ports[0]}") == {"released": False}
+        # The directory is sticky: the other user can use the table, not delete it.
+        assert mine.table is not None
+        removal = subprocess.run(
+            [*as_other, sys.executable, "-c", f"import os; os.remove({mine.table!r})"],
+            capture_output=True,
+            text=True,
+        )
+        assert removal.returncode != 0 and "PermissionError" in removal.stderr
+        assert os.path.exists(mine.table)
     finally:
         mine.close()
         theirs.close()
@@ -494,3 +504,36 @@ def test_sigkill_of_a_holder_frees_its_ports_for_the_next_allocation(
     holder.proc.wait(timeout=30)
     table = _native.PortTable(table_env["KERNEL_CONNECT_PORT_TABLE"])
     assert all(table.owner(p) == (holder.proc.pid, False) for p in holder.ports)
+
+
+def test_where_the_shared_place_is_unusable_a_per_user_table_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    """/dev/shm full (a 64 KiB tmpfs over it, in a mount namespace of the
+    test's own): this user's own table, 0600, and one warning."""
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a mount namespace here: {probe.stderr.strip()}")
+    env = _default_env(tmp_path)
+    env["TMPDIR"] = str(tmp_path)
+    env.pop("XDG_RUNTIME_DIR", None)
+    script = (
+        f"mount --make-rprivate / && mount -t tmpfs -o size=64k tmpfs {SHARED_TABLE_DIR} && "
+        f"exec {sys.executable} -c {shlex.quote(HOLDER)} 3"
+    )
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "sh", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    report = json.loads(holder.stdout.readline())
+    holder.stdin.close()
+    holder.wait(timeout=30)
+    private = tmp_path / f"kernel-connect-{os.geteuid()}"
+    assert report["table"] == str(private / f"{PORT_TABLE_PREFIX}.{network_namespace()}")
+    assert len(report["warnings"]) == 1 and "No space left" in report["warnings"][0]
+    assert stat.S_IMODE(os.stat(report["table"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
