@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
