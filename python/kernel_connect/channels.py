@@ -7,11 +7,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from queue import Empty
 from typing import Any
 
 import zmq
 
+from kernel_connect.errors import KernelDeath
 from kernel_connect.session import Session
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,11 @@ class HBChannel:
         """Whether the channel is running."""
         return self._running
 
+    @property
+    def paused(self) -> bool:
+        """Whether checks are paused (see :meth:`pause`)."""
+        return self._paused
+
     def close(self) -> None:
         """Close the socket."""
         with self._lock:
@@ -214,4 +221,128 @@ class HBChannel:
             return bool(sock.recv() == payload)
 
 
-__all__ = ["HBChannel", "ZMQSocketChannel"]
+class HeartbeatWatch:
+    """A heartbeat that never blocks, for checking on a kernel between slices of a long wait.
+
+    Each :meth:`is_alive` call sends a ping when none is out, or looks (without
+    waiting) for the echo of the one that is. A ping not echoed within
+    ``time_to_dead`` is a missed beat. The kernel counts as dead after
+    ``missed_beats`` misses in a row, so one slow echo on a loaded host or a
+    slow link is not a death. Until the kernel has shown it is up (an echo, or
+    :meth:`kernel_answered`) it may still be starting, nothing listening on its
+    port yet, so it counts as dead only after ``first_echo_grace`` seconds as well.
+
+    Parameters
+    ----------
+    connect : callable
+        Returns a new REQ socket connected to the kernel's heartbeat port.
+    time_to_dead : float
+        Seconds to wait for each echo.
+    missed_beats : int
+        Misses in a row that make the kernel dead.
+    first_echo_grace : float
+        Seconds from the first check during which a kernel that never showed
+        it is up is taken to be starting rather than dead.
+    where : str
+        The heartbeat's address, for the death description.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], zmq.Socket[Any]],
+        time_to_dead: float = 1.0,
+        missed_beats: int = 3,
+        first_echo_grace: float = 30.0,
+        where: str = "",
+    ) -> None:
+        self._connect = connect
+        self.time_to_dead = time_to_dead
+        self.missed_beats = max(1, missed_beats)
+        self.first_echo_grace = first_echo_grace
+        self.where = where
+        self._lock = threading.Lock()
+        self._socket: zmq.Socket[Any] | None = None
+        self._payload = b""
+        self._sent_at: float | None = None  # when the ping that is out was sent
+        self._next_ping = float("-inf")
+        self._started: float | None = None
+        self._last_echo: float | None = None
+        self._answered = False
+        #: Pings in a row that went unanswered.
+        self.missed = 0
+
+    def kernel_answered(self) -> None:
+        """Note that the kernel is up (it replied on another channel): no start-up grace."""
+        self._answered = True
+
+    def is_alive(self) -> bool:
+        """Advance the heartbeat without blocking; False once the kernel counts as dead."""
+        with self._lock:
+            now = time.monotonic()
+            if self._started is None:
+                self._started = now
+            if self._sent_at is not None:
+                self._collect_echo(now)
+            if self._sent_at is None and now >= self._next_ping:
+                self._ping(now)
+            return not self._dead(now)
+
+    def _collect_echo(self, now: float) -> None:
+        assert self._sent_at is not None
+        sock = self._socket
+        if sock is not None and sock.poll(0, zmq.POLLIN) and sock.recv() == self._payload:
+            self.missed = 0
+            self._last_echo = now
+            self._sent_at = None
+            # Alive: the next ping can wait as long as an echo may take.
+            self._next_ping = now + self.time_to_dead
+            return
+        if now - self._sent_at >= self.time_to_dead:
+            self.missed += 1
+            self._sent_at = None
+            self._next_ping = now
+            # A REQ socket that missed its reply is stuck: start afresh.
+            self._close_socket()
+
+    def _ping(self, now: float) -> None:
+        if self._socket is None:
+            self._socket = self._connect()
+        self._payload = b"watch %f" % now
+        self._sent_at = now
+        # Not sent (queue full): it counts as missed, like a ping without an echo.
+        with suppress(zmq.Again):
+            self._socket.send(self._payload, zmq.NOBLOCK)
+
+    def _dead(self, now: float) -> bool:
+        if self.missed < self.missed_beats:
+            return False
+        if self._last_echo is not None or self._answered:
+            return True
+        assert self._started is not None
+        return now - self._started >= self.first_echo_grace
+
+    def death(self) -> KernelDeath:
+        """How the kernel ended, as far as the heartbeat can tell."""
+        with self._lock:
+            since = self._last_echo if self._last_echo is not None else self._started
+            silent = 0.0 if since is None else time.monotonic() - since
+            never = "" if self._last_echo is not None else " (it never echoed one)"
+        where = f" at {self.where}" if self.where else ""
+        return KernelDeath(
+            f"no heartbeat echo from the kernel{where} for {silent:.1f} s, "
+            f"{self.missed} missed beats in a row{never}: it died or cannot be reached"
+        )
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def close(self) -> None:
+        """Close the socket (a later :meth:`is_alive` opens a new one)."""
+        with self._lock:
+            self._close_socket()
+            self._sent_at = None
+
+
+__all__ = ["HBChannel", "HeartbeatWatch", "ZMQSocketChannel"]

@@ -1,4 +1,11 @@
-"""BlockingKernelClient: talk to a running kernel over its five channels."""
+"""BlockingKernelClient: talk to a running kernel over its five channels.
+
+Every blocking call waits in short slices and checks between them that the
+kernel is still alive, so a kernel that dies mid-wait ends the wait with
+KernelDiedError instead of a hang or a timeout. Whether it is alive comes from
+the client's ``liveness`` source: its KernelManager's view of the process when
+the manager made the client, otherwise the heartbeat.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,13 @@ import time
 from collections.abc import Callable
 from getpass import getpass
 from queue import Empty
-from typing import Any
+from typing import Any, Literal, Protocol, overload
 
 import zmq
-from traitlets import Bool, Float
+from traitlets import Bool, Float, Integer
 
-from kernel_connect.channels import HBChannel, ZMQSocketChannel
-from kernel_connect.errors import KernelDiedError, KernelTimeoutError
+from kernel_connect.channels import HBChannel, HeartbeatWatch, ZMQSocketChannel
+from kernel_connect.errors import KernelDeath, KernelDiedError, KernelTimeoutError
 from kernel_connect.mixin import PORT_NAMES, ConnectionFileMixin
 from kernel_connect.session import new_id_bytes
 
@@ -27,6 +34,24 @@ _READY_POLL_S = 0.05
 _IOPUB_GRACE_S = 0.2
 # How often to look at a starting kernel's stderr for a port clash.
 _STDERR_CHECK_S = 0.25
+# Blocking waits poll their socket this long at most before checking the kernel lives.
+_LIVENESS_SLICE_S = 0.1
+
+
+class KernelLiveness(Protocol):
+    """Where a client learns whether its kernel still runs, and if not, how it ended.
+
+    ``KernelManager.client()`` sets one that watches the kernel's process;
+    a client without one watches the kernel's heartbeat.
+    """
+
+    def is_alive(self) -> bool:
+        """Whether the kernel still runs (quick: called between slices of a wait)."""
+        ...
+
+    def death(self) -> KernelDeath:
+        """How the kernel ended (meaningful once :meth:`is_alive` returned False)."""
+        ...
 
 
 class BlockingKernelClient(ConnectionFileMixin):
@@ -39,6 +64,18 @@ class BlockingKernelClient(ConnectionFileMixin):
 
     allow_stdin = Bool(True, help="Whether execute requests may ask us for input.")
     hb_time_to_dead = Float(1.0, config=True, help="Seconds without a heartbeat echo = dead.")
+    hb_missed_beats = Integer(
+        3,
+        config=True,
+        help="While a blocking call waits on a kernel without a manager, heartbeats missed "
+        "in a row (each after hb_time_to_dead) before it raises KernelDiedError.",
+    )
+    hb_first_echo_grace = Float(
+        30.0,
+        config=True,
+        help="Seconds a kernel that has not echoed a heartbeat yet may still be starting "
+        "before a blocking call counts it as dead.",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -47,6 +84,12 @@ class BlockingKernelClient(ConnectionFileMixin):
         self._stdin_channel: ZMQSocketChannel | None = None
         self._control_channel: ZMQSocketChannel | None = None
         self._hb_channel: HBChannel | None = None
+        self._hb_watch: HeartbeatWatch | None = None
+        # Whether the kernel behind our channels has sent us anything: then it
+        # is up, and a silent heartbeat means death, not a slow start.
+        self._kernel_answered = False
+        #: Whether the kernel is alive and how it ended; None: watch its heartbeat.
+        self.liveness: KernelLiveness | None = None
         self.kernel_info_reply: dict[str, Any] | None = None
         # One routing identity for shell, stdin and control: the kernel sends
         # an input_request to the stdin socket whose identity sent the execute
@@ -95,6 +138,10 @@ class BlockingKernelClient(ConnectionFileMixin):
         if self._hb_channel is not None:
             self._hb_channel.stop()
             self._hb_channel = None
+        if self._hb_watch is not None:
+            self._hb_watch.close()
+            self._hb_watch = None
+        self._kernel_answered = False
 
     @property
     def channels_running(self) -> bool:
@@ -152,20 +199,54 @@ class BlockingKernelClient(ConnectionFileMixin):
         return self._hb_channel
 
     def get_shell_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
-        """Return the next shell message (``queue.Empty`` on timeout)."""
-        return self.shell_channel.get_msg(block, timeout)
+        """Return the next shell message.
+
+        Raises ``queue.Empty`` on timeout, and :class:`KernelDiedError` as soon
+        as the kernel is found dead while waiting (the same for the other
+        ``get_*_msg``).
+        """
+        return self._get_msg(
+            self.shell_channel, block, timeout, "while waiting for a shell message"
+        )
 
     def get_iopub_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
         """Return the next IOPub message (``queue.Empty`` on timeout)."""
-        return self.iopub_channel.get_msg(block, timeout)
+        return self._get_msg(
+            self.iopub_channel, block, timeout, "while waiting for an IOPub message"
+        )
 
     def get_stdin_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
         """Return the next stdin message (``queue.Empty`` on timeout)."""
-        return self.stdin_channel.get_msg(block, timeout)
+        return self._get_msg(
+            self.stdin_channel, block, timeout, "while waiting for a stdin message"
+        )
 
     def get_control_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
         """Return the next control message (``queue.Empty`` on timeout)."""
-        return self.control_channel.get_msg(block, timeout)
+        return self._get_msg(
+            self.control_channel, block, timeout, "while waiting for a control message"
+        )
+
+    def _get_msg(
+        self, chan: ZMQSocketChannel, block: bool, timeout: float | None, doing: str
+    ) -> dict[str, Any]:
+        """``chan.get_msg`` in slices, checking between them that the kernel lives."""
+        if not block:
+            return chan.get_msg(block=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _LIVENESS_SLICE_S
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            try:
+                msg = chan.get_msg(timeout=wait)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                self._raise_if_dead(doing)
+                continue
+            self._note_kernel_answered()
+            return msg
 
     # -- liveness ----------------------------------------------------------
 
@@ -175,13 +256,57 @@ class BlockingKernelClient(ConnectionFileMixin):
         return self.parent if isinstance(self.parent, KernelManager) else None
 
     def is_alive(self) -> bool:
-        """Whether the kernel is alive: its process (if our manager started it), else heartbeat."""
-        km = self._manager()
-        if km is not None and km.has_kernel:
-            return bool(km.is_alive())
+        """Whether the kernel is alive.
+
+        Asks :attr:`liveness` (the process, when a KernelManager made this
+        client), else pings the heartbeat once (True when nothing can tell).
+        """
+        if self.liveness is not None:
+            return self.liveness.is_alive()
         if self._hb_channel is not None and self._hb_channel.is_alive():
             return self._hb_channel.is_beating()
         return True
+
+    def _watch(self) -> KernelLiveness | None:
+        """What blocking calls ask between slices; None when nothing can tell.
+
+        The heartbeat counts only while the heartbeat channel runs and is not
+        paused, as for :meth:`is_alive`.
+        """
+        if self.liveness is not None:
+            return self.liveness
+        hb = self._hb_channel
+        if hb is None or not hb.is_alive() or hb.paused:
+            return None
+        if self._hb_watch is None:
+            self._hb_watch = HeartbeatWatch(
+                self.connect_hb,
+                time_to_dead=self.hb_time_to_dead,
+                missed_beats=self.hb_missed_beats,
+                first_echo_grace=self.hb_first_echo_grace,
+                where=self._make_url("hb"),
+            )
+            if self._kernel_answered:
+                self._hb_watch.kernel_answered()
+        return self._hb_watch
+
+    def _note_kernel_answered(self) -> None:
+        if not self._kernel_answered:
+            self._kernel_answered = True
+            if self._hb_watch is not None:
+                self._hb_watch.kernel_answered()
+
+    def _raise_if_dead(self, doing: str) -> None:
+        """Raise KernelDiedError, saying what we were ``doing``, if the kernel is dead."""
+        watch = self._watch()
+        if watch is None or watch.is_alive():
+            return
+        death = watch.death()
+        raise KernelDiedError(
+            f"kernel died {doing}: {death.description}",
+            exit_code=death.exit_code,
+            stderr_tail=death.stderr_tail,
+        )
 
     def wait_for_ready(self, timeout: float | None = None) -> None:
         """Block until the kernel answers a kernel_info request and IOPub is connected.
@@ -199,8 +324,10 @@ class BlockingKernelClient(ConnectionFileMixin):
         Raises
         ------
         KernelDiedError
-            If the kernel process exits while we wait (exit code and stderr tail
-            are in the message when our manager started it).
+            If the kernel dies while we wait (exit code and stderr tail are in
+            the message and attributes when our manager started it; without a
+            manager, after ``hb_missed_beats`` missed heartbeats, and not before
+            ``hb_first_echo_grace`` if it never answered one).
         KernelTimeoutError
             If it does not answer in time; the message says whether it answers
             heartbeats (then the key or signature scheme is probably wrong).
@@ -282,22 +409,16 @@ class BlockingKernelClient(ConnectionFileMixin):
                             reply_at = time.monotonic()
                 if reply is not None and iopub_seen:
                     break
-                if km is not None and km.has_kernel:
-                    if not km.is_alive():
+                self._raise_if_dead("before replying to kernel_info")
+                if km is not None and km.has_kernel and now >= next_stderr_check:
+                    # ipykernel can hang, not exit, after failing to bind a port.
+                    next_stderr_check = now + _STDERR_CHECK_S
+                    if km.port_clash():
                         raise KernelDiedError(
-                            "kernel died before replying to kernel_info: " + km.death_report(),
-                            exit_code=km.exit_code,
+                            "kernel could not bind its ports (still running, but it "
+                            "will never answer): " + km.death_report(),
                             stderr_tail=km.stderr_tail(),
                         )
-                    if now >= next_stderr_check:
-                        # ipykernel can hang, not exit, after failing to bind a port.
-                        next_stderr_check = now + _STDERR_CHECK_S
-                        if km.port_clash():
-                            raise KernelDiedError(
-                                "kernel could not bind its ports (still running, but it "
-                                "will never answer): " + km.death_report(),
-                                stderr_tail=km.stderr_tail(),
-                            )
         finally:
             # Replies and statuses of the other requests are of no use to anyone.
             shell.discard(sent)
@@ -319,6 +440,7 @@ class BlockingKernelClient(ConnectionFileMixin):
 
     def _handle_kernel_info_reply(self, msg: dict[str, Any]) -> None:
         self.kernel_info_reply = msg
+        self._note_kernel_answered()
 
     # -- requests ----------------------------------------------------------
 
@@ -386,9 +508,38 @@ class BlockingKernelClient(ConnectionFileMixin):
         content = dict(raw=raw, output=output, hist_access_type=hist_access_type, **kwargs)
         return self._send_shell("history_request", content)
 
-    def kernel_info(self) -> str:
-        """Send a kernel_info_request; return its msg_id."""
-        return self._send_shell("kernel_info_request", {})
+    @overload
+    def kernel_info(
+        self, *, reply: Literal[False] = False, timeout: float | None = None
+    ) -> str: ...
+
+    @overload
+    def kernel_info(
+        self, *, reply: Literal[True], timeout: float | None = None
+    ) -> dict[str, Any]: ...
+
+    def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
+        """Send a kernel_info_request; return its msg_id, or with ``reply`` its reply.
+
+        Parameters
+        ----------
+        reply : bool
+            Wait for the reply and return it instead of the msg_id (as jupyter_client).
+        timeout : float, optional
+            With ``reply``: seconds to wait at most (None: until it comes or
+            the kernel dies).
+
+        Raises
+        ------
+        TimeoutError
+            With ``reply``, if the reply does not come within ``timeout``.
+        KernelDiedError
+            With ``reply``, if the kernel dies first.
+        """
+        msg_id = self._send_shell("kernel_info_request", {})
+        if not reply:
+            return msg_id
+        return self._recv_reply(msg_id, timeout=timeout)
 
     def comm_info(self, target_name: str | None = None) -> str:
         """Send a comm_info_request; return its msg_id."""
@@ -419,13 +570,17 @@ class BlockingKernelClient(ConnectionFileMixin):
         ------
         TimeoutError
             If it does not come within ``timeout`` seconds.
+        KernelDiedError
+            If the kernel dies first.
         """
         chan = self.control_channel if channel == "control" else self.shell_channel
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                reply = chan.get_msg(timeout=remaining)
+                reply = self._get_msg(
+                    chan, True, remaining, f"while waiting for the reply to {msg_id}"
+                )
             except Empty:
                 raise TimeoutError(f"no reply to {msg_id} within {timeout} s") from None
             if reply["parent_header"].get("msg_id") == msg_id:
@@ -469,6 +624,8 @@ class BlockingKernelClient(ConnectionFileMixin):
         ------
         TimeoutError
             If the execution does not finish within ``timeout``.
+        KernelDiedError
+            As soon as the kernel is found dead (whatever ``timeout``).
         """
         if allow_stdin is None:
             allow_stdin = self.allow_stdin
@@ -489,28 +646,32 @@ class BlockingKernelClient(ConnectionFileMixin):
         poller.register(iopub.socket, zmq.POLLIN)
         if stdin is not None:
             poller.register(stdin.socket, zmq.POLLIN)
+        next_check = time.monotonic() + _LIVENESS_SLICE_S
         while True:
-            if deadline is None:
-                wait_ms = None
-            else:
-                wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            events = dict(poller.poll(wait_ms))
-            if not events:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise TimeoutError(f"execution of {msg_id} did not finish within {timeout} s")
+            wait = _LIVENESS_SLICE_S if deadline is None else min(_LIVENESS_SLICE_S, deadline - now)
+            events = dict(poller.poll(max(1, int(wait * 1000))))
             if stdin is not None and stdin.socket in events:
                 for req in stdin.get_msgs():
                     stdin_hook(req)
-            if iopub.socket not in events:
-                continue
             done = False
-            for msg in iopub.get_msgs():
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                output_hook(msg)
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    done = True
+            if iopub.socket in events:
+                for msg in iopub.get_msgs():
+                    if msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    self._note_kernel_answered()
+                    output_hook(msg)
+                    if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                        done = True
             if done:
                 break
+            # Checked on the clock, not only when a slice was quiet: other
+            # clients' output on IOPub must not keep us from noticing.
+            if time.monotonic() >= next_check:
+                self._raise_if_dead(f"during the execution of {msg_id}")
+                next_check = time.monotonic() + _LIVENESS_SLICE_S
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self._recv_reply(msg_id, timeout=remaining)
 
@@ -545,4 +706,4 @@ def _print_output(msg: dict[str, Any]) -> None:
         sys.stderr.flush()
 
 
-__all__ = ["BlockingKernelClient"]
+__all__ = ["BlockingKernelClient", "KernelLiveness"]

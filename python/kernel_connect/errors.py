@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KernelDeath:
+    """How a kernel ended, as far as whoever watched it can tell.
+
+    Attributes
+    ----------
+    description : str
+        For people: e.g. ``killed by SIGKILL`` (with the stderr tail when
+        captured) or ``no heartbeat echo for 3.0 s``.
+    exit_code : int or None
+        The process's exit status (negative: killed by that signal); None when
+        only the heartbeat was watched.
+    stderr_tail : str
+        The last lines the kernel wrote to stderr, when they were captured.
+    """
+
+    description: str
+    exit_code: int | None = None
+    stderr_tail: str = ""
+
 
 class KernelDiedError(RuntimeError):
-    """The kernel process exited (e.g. during start-up); the message says how.
+    """The kernel died (at start-up, or while a client waited for it); the message says how.
+
+    Raised as soon as the death is noticed: from the kernel's process when our
+    manager started it, from its heartbeat otherwise.
 
     Attributes
     ----------
     exit_code : int or None
-        The process's exit status (negative: killed by that signal).
+        The process's exit status (negative: killed by that signal); None when
+        not known (a kernel watched by its heartbeat only).
     stderr_tail : str
         The last lines the kernel wrote to stderr, when they were captured.
     """
@@ -24,4 +51,4 @@ class KernelTimeoutError(RuntimeError):
     """A kernel did not answer (ready, reply or shutdown) within the timeout."""
 
 
-__all__ = ["KernelDiedError", "KernelTimeoutError"]
+__all__ = ["KernelDeath", "KernelDiedError", "KernelTimeoutError"]

@@ -43,7 +43,7 @@ from traitlets import (
 )
 
 from kernel_connect.client import BlockingKernelClient
-from kernel_connect.errors import KernelDiedError, KernelTimeoutError
+from kernel_connect.errors import KernelDeath, KernelDiedError, KernelTimeoutError
 from kernel_connect.kernelspec import (
     NATIVE_KERNEL_NAME,
     KernelSpec,
@@ -632,7 +632,37 @@ class KernelManager(ConnectionFileMixin):
             kw.update(curve_publickey=pub.encode(), curve_secretkey=sec.encode())
         kw.update(kwargs)
         client: BlockingKernelClient = self.client_factory(**kw)
+        client.liveness = _ProcessLiveness(self)
         return client
+
+    def blocking_client(self) -> BlockingKernelClient:
+        """Return a :class:`BlockingKernelClient` loaded with our connection info."""
+        client = super().blocking_client()
+        client.liveness = _ProcessLiveness(self)
+        return client
+
+
+class _ProcessLiveness:
+    """A client's view of a kernel its manager started: the process, not the heartbeat.
+
+    Satisfies ``kernel_connect.client.KernelLiveness``.
+    """
+
+    def __init__(self, km: KernelManager) -> None:
+        self._km = km
+
+    def is_alive(self) -> bool:
+        proc = self._km.kernel
+        if proc is None:
+            # Never started (nothing to say yet), or ended and reaped.
+            return self._km.exit_code is None
+        return proc.poll() is None
+
+    def death(self) -> KernelDeath:
+        km = self._km
+        proc = km.kernel
+        code = proc.poll() if proc is not None else km.exit_code
+        return KernelDeath(km.death_report(), exit_code=code, stderr_tail=km.stderr_tail())
 
 
 def _wait_pidfd(pid: int, timeout: float) -> bool | None:
