@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -271,17 +271,23 @@ def test_a_reserved_port_taken_by_another_program_is_replaced(
     taken.bind(("127.0.0.1", 0))
     taken.listen(1)
     port = taken.getsockname()[1]
-    real_select = tunnel_module.select_random_ports
     handed_out: list[list[int]] = []
 
-    def select(n: int) -> list[int]:
-        ports = real_select(n)
-        if not handed_out:
-            ports[1] = port  # iopub's port is already someone else's
-        handed_out.append(ports)
-        return ports
+    def wrap(real: Callable[[int], list[int]]) -> Callable[[int], list[int]]:
+        def hand_out(n: int) -> list[int]:
+            ports = real(n)
+            if not handed_out:
+                ports[1] = port  # iopub's port is already someone else's
+            handed_out.append(ports)
+            return ports
 
-    monkeypatch.setattr(tunnel_module, "select_random_ports", select)
+        return hand_out
+
+    # The five are held for the tunnel; a replacement is leased.
+    monkeypatch.setattr(tunnel_module, "_hold_ports", wrap(tunnel_module._hold_ports))
+    monkeypatch.setattr(
+        tunnel_module, "select_random_ports", wrap(tunnel_module.select_random_ports)
+    )
     try:
         with tunnel_to_kernel(
             km.connection_file, sshd_server.alias, backend=backend, **sshd_server.client_options()

@@ -58,6 +58,9 @@ _STDERR_TAIL_BYTES = 4096
 # Poll period while waiting for the kernel to write its ports back.
 _PORT_POLL_S = 0.005
 
+# Managers whose kernel this process started. A forked child starts with none:
+# Popen.poll() there reports 0 for the parent's kernel, so an exit clean-up in
+# the child would "reap" it and remove the parent's live connection file.
 _live_managers: weakref.WeakSet[KernelManager] = weakref.WeakSet()
 
 
@@ -75,6 +78,8 @@ def _shutdown_all_at_exit() -> None:
 
 
 atexit.register(_shutdown_all_at_exit)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_live_managers.clear)
 
 
 class KernelManager(ConnectionFileMixin):

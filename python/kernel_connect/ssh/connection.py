@@ -80,6 +80,28 @@ class SSHConnection:
             return
         self._session = channel
 
+    def abandon(self) -> None:
+        """Give up this process's copy of the connection without a word to the server.
+
+        For a forked child: the connection is the parent's, and any packet the
+        child sent on it (a channel close, a disconnect) would break the parent's
+        encrypted stream.  Each transport (jump hosts' too) is marked inactive,
+        so paramiko drops whatever would still be sent from here (a channel
+        closed by garbage collection, say), and is taken out of paramiko's exit
+        hook, which would close its socket: with a ProxyCommand, that ends the
+        parent's proxy process.
+        """
+        from paramiko import transport as paramiko_transport
+
+        lingering = getattr(paramiko_transport, "_active_threads", [])
+        for connection in (self, *self._hops):
+            transport = connection.transport
+            if transport is None:
+                continue
+            transport.active = False
+            with contextlib.suppress(ValueError):
+                lingering.remove(transport)
+
     def close(self) -> None:
         """Close the session, the connection and any jump-host connections."""
         if self._session is not None:

@@ -197,6 +197,22 @@ class ForwardServer:
         self._wake_r.close()
         self._wake_w.close()
 
+    def abandon(self) -> None:
+        """Let go of the forwarding without closing anything: for a forked child.
+
+        The parent still accepts on these listeners and forwards over this SSH
+        connection; a child that woke the acceptor, shut a forwarded socket down
+        or closed a channel would break them.  Afterwards the server reads as
+        closed here and `close()` does nothing.
+        """
+        # first, so that no channel collected from here on can speak on it; owned or
+        # not, the connection is the parent's
+        self.connection.abandon()
+        # new ones: a thread of the parent may have held the old ones at the fork
+        self._lock = threading.RLock()
+        self._closed = threading.Event()
+        self._closed.set()
+
     # -- internals -------------------------------------------------------------
     def _accept_loop(self) -> None:
         while not self.closed:

@@ -223,6 +223,13 @@ class OpenSSHTunnel:
             return self._stderr.read().decode("utf-8", "replace")
         return ""
 
+    def abandon(self) -> None:
+        """Let go of the tunnel without stopping ssh: for a forked child.
+
+        The ssh process is the parent's; afterwards `close()` does nothing here.
+        """
+        self._closed = True
+
     def close(self) -> None:
         """Stop ssh (SIGTERM, then SIGKILL after a grace period) and release its pipes."""
         if self._closed:

@@ -4,6 +4,13 @@ Tunnels register here when they open and leave when they close.  An atexit
 hook closes what is left; a SIGTERM handler (installed only where SIGTERM still
 has its default action, so an application's own handler is never replaced)
 closes them and then lets the signal end the process as it would have.
+
+A forked child inherits the parent's tunnels but does not own them: the parent
+still forwards over the same listeners, sockets and SSH connections, and
+whatever the child did to them (closing a channel, waking an acceptor, ending
+an ssh process) would break the parent's.  So the child starts with an empty
+registry, and each inherited tunnel is told to `abandon` itself: drop its
+claim without a word to anyone.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ logger = logging.getLogger("kernel_connect.ssh")
 
 
 class Closable(Protocol):
-    """Anything with a close() method."""
+    """A tunnel as the registry sees it."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stop the tunnel (in the process that opened it)."""
+
+    def abandon(self) -> None:
+        """Let go of the tunnel without stopping it (in a forked child)."""
 
 
 # re-entrant: the SIGTERM handler may run while the main thread holds it
@@ -43,6 +54,8 @@ def register(tunnel: Closable) -> None:
     if install:
         atexit.register(close_all)
         _install_sigterm_handler()
+        if hasattr(os, "register_at_fork"):  # POSIX
+            os.register_at_fork(after_in_child=_abandon_inherited)
 
 
 def unregister(tunnel: Closable) -> None:
@@ -67,6 +80,19 @@ def close_all() -> None:
             tunnel.close()
         except Exception:  # one broken tunnel must not keep others open
             logger.debug("closing %r failed", tunnel, exc_info=True)
+
+
+def _abandon_inherited() -> None:
+    """In a freshly forked child: forget the parent's tunnels, touching none of them."""
+    global _lock, _open
+    # a thread of the parent may have held the lock at the fork, for ever in here
+    _lock = threading.RLock()
+    inherited, _open = _open, []
+    for tunnel in inherited:
+        try:
+            tunnel.abandon()
+        except Exception:  # the others must still be let go of
+            logger.debug("abandoning %r in a forked child failed", tunnel, exc_info=True)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
