@@ -171,16 +171,21 @@ def _field_error(field: str, reason: str) -> ConnectionFileError:
 
 
 def _text(field: str, value: bytes | str | None, encoding: str) -> Any:
-    """A secret as text for the file. A value that does not decode is refused
-    naming the field and the byte offset only: UnicodeDecodeError's own args
-    would carry the whole secret."""
-    if not isinstance(value, bytes):
+    """A secret as text for the file. A value that does not decode (or, for an
+    ASCII field, is not ASCII) is refused naming the field and the offset only:
+    UnicodeDecodeError's own args would carry the whole secret."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode(encoding)
+        except UnicodeDecodeError as err:
+            bad = err.start
+    elif encoding != "ascii" or value.isascii():
         return value
-    try:
-        return value.decode(encoding)
-    except UnicodeDecodeError as err:
-        bad = err.start
-    raise _field_error(field, f"not valid {encoding.upper()} (byte {bad})")
+    else:
+        bad = next(i for i, ch in enumerate(value) if not ch.isascii())
+    raise _field_error(field, f"not valid {encoding.upper()} (at offset {bad})")
 
 
 def read_connection_file(fname: str | os.PathLike[str]) -> KernelConnectionInfo:

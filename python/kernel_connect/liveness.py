@@ -32,6 +32,7 @@ from typing import Any
 
 from kernel_connect import _native
 from kernel_connect.localinterfaces import is_local_ip
+from kernel_connect.secrets import redacted
 
 #: How long a heartbeat has to answer.
 DEFAULT_TIMEOUT = 1.0
@@ -45,12 +46,13 @@ _PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_por
 _WILDCARDS = ("", "*", "0.0.0.0", "::", "[::]")  # noqa: S104 - compared, not bound
 
 
-@dataclass
+@dataclass(repr=False)
 class ConnectionFileStatus:
     """One connection file and what is known about its kernel.
 
     ``alive`` is True, False (dead: proved from this host) or None (unknown:
-    this host cannot judge it; ``reason`` says why).
+    this host cannot judge it; ``reason`` says why). Its repr shows the
+    connection info with the secrets redacted.
     """
 
     path: str
@@ -66,6 +68,13 @@ class ConnectionFileStatus:
         if not self.info:
             return []
         return [int(self.info[n]) for n in _PORT_NAMES if isinstance(self.info.get(n), int)]
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectionFileStatus(path={self.path!r}, info={redacted(self.info)!r}, "
+            f"error={self.error!r}, age_s={self.age_s!r}, alive={self.alive!r}, "
+            f"reason={self.reason!r})"
+        )
 
     @property
     def state(self) -> str:

@@ -16,7 +16,7 @@ import zmq
 from traitlets import Bool, Bytes, CaselessStrEnum, Instance, Integer, Type, Unicode, observe
 from traitlets.config import LoggingConfigurable
 
-from kernel_connect.secrets import SecretBytes
+from kernel_connect.secret_trait import SecretBytes
 from kernel_connect.session import Session
 
 if TYPE_CHECKING:

@@ -1,37 +1,26 @@
-"""A traitlets type for secrets (the HMAC key, CurveZMQ secret keys).
+"""Secrets in connection info: which fields they are, and keeping them unseen.
 
-traitlets' own error messages quote the rejected value, and jupyter_client's
-``CBytes`` turns an int into that many zero bytes. A secret must never appear
-in an error, and an int is never a key: this type takes bytes, or str (UTF-8
-encoded, as a key read from a connection file is), and names only the type of
-anything else.
+The HMAC key and the CurveZMQ secret key must never appear in an error, a log
+line or a repr. This module is their one home: :data:`SECRET_FIELDS` names
+them and :func:`redacted` is how anything that shows connection info shows it.
+The traitlets type that holds them is :class:`kernel_connect.secret_trait.SecretBytes`
+(a module of its own so that this one imports nothing heavy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from traitlets import TraitError, TraitType
+#: Connection-info fields whose values are secrets.
+SECRET_FIELDS = ("key", "curve_secretkey")
+#: What a secret is shown as.
+REDACTED = "<redacted>"
 
 
-class SecretBytes(TraitType[bytes | None, bytes | str | None]):
-    """Bytes (or str, encoded as UTF-8) whose value is never shown in errors."""
-
-    info_text = "bytes or str (not shown: a secret)"
-
-    def __init__(
-        self, default_value: bytes | None = b"", allow_none: bool = False, **kwargs: Any
-    ) -> None:
-        super().__init__(default_value=default_value, allow_none=allow_none, **kwargs)
-
-    def validate(self, obj: Any, value: Any) -> bytes | None:
-        if value is None and self.allow_none:
-            return None
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, str):
-            return value.encode("utf-8")
-        raise TraitError(
-            f"The {self.name!r} trait of {type(obj).__name__} must be bytes or str, "
-            f"not {type(value).__name__} (the value is a secret and is not shown)"
-        )
+def redacted(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A copy of connection ``info`` fit to show: every secret replaced by
+    :data:`REDACTED` (an empty key stays empty: that it is empty is no secret)."""
+    if info is None:
+        return None
+    return {k: (REDACTED if k in SECRET_FIELDS and v else v) for k, v in info.items()}

@@ -43,7 +43,7 @@ from traitlets.config import Configurable
 from traitlets.utils.importstring import import_item
 
 from kernel_connect.jsonutil import extract_dates, json_packer, json_unpacker, squash_dates
-from kernel_connect.secrets import SecretBytes
+from kernel_connect.secret_trait import SecretBytes
 
 log = logging.getLogger(__name__)
 

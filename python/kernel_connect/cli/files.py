@@ -12,6 +12,7 @@ from kernel_connect.cli.output import age, emit_json, plural, table
 from kernel_connect.connect import PORT_NAMES
 from kernel_connect.liveness import ConnectionFileStatus, probe, scan_directory
 from kernel_connect.paths import runtime_dir
+from kernel_connect.secrets import SECRET_FIELDS
 
 
 def _directory(args: argparse.Namespace) -> str:
@@ -136,7 +137,7 @@ def run_new(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise CommandError(str(err)) from err
     if not args.show_key:
-        info = {k: v for k, v in info.items() if k != "key"}
+        info = {k: v for k, v in info.items() if k not in SECRET_FIELDS}
     if args.json:
         emit_json({"path": os.path.abspath(fname), **info})
     else:
