@@ -339,3 +339,34 @@ def test_curve_secret_key_errors_do_not_show_the_value() -> None:
     with pytest.raises(TraitError) as caught:
         mixin.curve_secretkey = 31415926535  # type: ignore[assignment]
     assert "31415926535" not in str(caught.value)
+
+
+def test_a_session_and_a_connection_file_accept_the_same_schemes(tmp_path: Path) -> None:
+    """One list of digests: a scheme a Session takes is one a file may name,
+    and the other way round (a Session once took hmac-sha512_256, which the
+    file then refused)."""
+    from kernel_connect.connect import write_connection_file
+
+    for name in sorted(hashlib.algorithms_available | {"nosuchhash"}):
+        scheme = f"hmac-{name}"
+        try:
+            Session(key=KEY, signature_scheme=scheme)
+            session_ok = True
+        except TraitError:
+            session_ok = False
+        try:
+            write_connection_file(
+                str(tmp_path / "k.json"),
+                ip="127.0.0.1",
+                key=KEY,
+                signature_scheme=scheme,
+                shell_port=1,
+                iopub_port=2,
+                stdin_port=3,
+                control_port=4,
+                hb_port=5,
+            )
+            file_ok = True
+        except ValueError:
+            file_ok = False
+        assert session_ok == file_ok, scheme

@@ -31,8 +31,16 @@ ConnectionFileError.__module__ = "kernel_connect"
 #: Connection information as read from or written to a connection file.
 KernelConnectionInfo = dict[str, Any]
 
-#: jupyter_client's key order for the five channels.
+# The five channels' ports in the three orders jupyter_client's API fixes.
+# This is their one home; every other module derives from these.
+
+#: jupyter_client's ``port_names``: ConnectionFileMixin.ports, and how
+#: kernel-connect shows a kernel's ports (``ls``, ``farm``).
+port_names = [f"{channel}_port" for channel in ("shell", "stdin", "iopub", "hb", "control")]
+#: The order of the ports in a connection file, as jupyter_client writes it.
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+#: The order of the tuple ``tunnel_to_kernel`` returns.
+TUNNEL_PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 
 
 def _ipc_ports(ip: str, count: int) -> list[int]:
@@ -290,11 +298,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "PORT_NAMES",
+    "TUNNEL_PORT_NAMES",
     "ConnectionFileError",
     "ConnectionFileMixin",
     "KernelConnectionInfo",
     "LocalPortCache",
     "find_connection_file",
+    "port_names",
     "read_connection_file",
     "tunnel_to_kernel",
     "write_connection_file",

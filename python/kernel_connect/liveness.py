@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_connect import _native
+from kernel_connect.connect import port_names
 from kernel_connect.localinterfaces import is_local_ip
 from kernel_connect.secrets import redacted
 
@@ -40,8 +41,6 @@ DEFAULT_TIMEOUT = 1.0
 DEFAULT_PATTERN = "kernel-*.json"
 #: At most this many heartbeat sockets are open at once.
 _WAVE = 512
-#: Ports in the order tunnel_to_kernel and the farm table use.
-_PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 #: Bind-anywhere addresses: a kernel with one of these listens on this host's loopback too.
 _WILDCARDS = ("", "*", "0.0.0.0", "::", "[::]")  # noqa: S104 - compared, not bound
 
@@ -67,7 +66,7 @@ class ConnectionFileStatus:
     def ports(self) -> list[int]:
         if not self.info:
             return []
-        return [int(self.info[n]) for n in _PORT_NAMES if isinstance(self.info.get(n), int)]
+        return [int(self.info[n]) for n in port_names if isinstance(self.info.get(n), int)]
 
     def __repr__(self) -> str:
         return (
@@ -220,7 +219,7 @@ def _judge(status: ConnectionFileStatus, listening: set[int] | None) -> bool:
     if info is None:
         status.alive, status.reason = None, status.reason or "unreadable"
         return False
-    missing = [n for n in _PORT_NAMES if not isinstance(info.get(n), int)]
+    missing = [n for n in port_names if not isinstance(info.get(n), int)]
     if missing:
         status.alive, status.reason = None, f"no {', '.join(missing)} in the file"
         return False

@@ -16,6 +16,7 @@ import zmq
 from traitlets import Bool, Bytes, CaselessStrEnum, Instance, Integer, Type, Unicode, observe
 from traitlets.config import LoggingConfigurable
 
+from kernel_connect.connect import port_names
 from kernel_connect.secret_trait import SecretBytes
 from kernel_connect.session import Session
 
@@ -32,7 +33,7 @@ CHANNEL_SOCKET_TYPES: dict[str, int] = {
 }
 
 #: The five port names, in jupyter_client's order.
-PORT_NAMES = [f"{channel}_port" for channel in ("shell", "stdin", "iopub", "hb", "control")]
+PORT_NAMES = list(port_names)
 
 #: How long (ms) a closed client socket may keep trying to deliver, so exit never hangs.
 SOCKET_LINGER_MS = 1000

@@ -42,6 +42,7 @@ from traitlets import (
 from traitlets.config import Configurable
 from traitlets.utils.importstring import import_item
 
+from kernel_connect import _native
 from kernel_connect.jsonutil import extract_dates, json_packer, json_unpacker, squash_dates
 from kernel_connect.secret_trait import SecretBytes
 
@@ -57,9 +58,6 @@ DELIM = b"<IDS|MSG>"
 _DONE = zmq.MessageTracker()
 
 _MSG_COUNTER = itertools.count()
-
-# hashlib names whose digest needs a length argument cannot back an HMAC.
-_VARIABLE_LENGTH = ("shake_",)
 
 
 def new_id() -> str:
@@ -79,20 +77,14 @@ def utcnow() -> datetime:
 
 
 def hmac_digests() -> list[str]:
-    """Return the hashlib digest names usable in ``hmac-<digest>``, sorted."""
-    return sorted(
-        name
-        for name in hashlib.algorithms_available
-        if not name.startswith(_VARIABLE_LENGTH) and _digest_usable(name)
-    )
+    """Return the digest names usable in ``hmac-<digest>``, sorted.
 
-
-def _digest_usable(name: str) -> bool:
-    try:
-        hmac.new(b"k", b"", name).hexdigest()
-    except (ValueError, TypeError):
-        return False
-    return True
+    Their one home is the core (``_native.signature_digests``), which also
+    validates connection files: hashlib's own attributes that hmac accepts,
+    the names jupyter_client's Session resolves with ``getattr(hashlib, name)``.
+    A Session and a connection file therefore accept exactly the same schemes.
+    """
+    return list(_native.signature_digests())
 
 
 def msg_header(msg_id: str, msg_type: str, username: str, session: str) -> dict[str, Any]:
@@ -220,7 +212,7 @@ class Session(Configurable):
         if not scheme.startswith("hmac-"):
             raise TraitError(f"signature_scheme must look like 'hmac-<digest>', got {scheme!r}")
         name = scheme[len("hmac-") :]
-        if name.startswith(_VARIABLE_LENGTH) or not _digest_usable(name):
+        if name not in hmac_digests():
             raise TraitError(
                 f"signature_scheme {scheme!r}: hashlib has no digest {name!r} usable with "
                 f"hmac; choose one of {', '.join('hmac-' + d for d in hmac_digests())}"
@@ -230,7 +222,7 @@ class Session(Configurable):
     @observe("signature_scheme")
     def _signature_scheme_changed(self, change: Any) -> None:
         name = change["new"][len("hmac-") :]
-        self.digest_mod = getattr(hashlib, name, None) or _named_digest(name)
+        self.digest_mod = getattr(hashlib, name)
         self._new_auth()
 
     @default("digest_mod")
@@ -630,12 +622,3 @@ class Session(Configurable):
         if self.debug:
             log.debug("received %s %s", message["msg_type"], message["msg_id"])
         return message
-
-
-def _named_digest(name: str) -> Callable[..., Any]:
-    """A digest constructor for names hashlib offers only through ``hashlib.new``."""
-
-    def make(data: bytes = b"") -> Any:
-        return hashlib.new(name, data)
-
-    return make

@@ -9,7 +9,7 @@ from typing import Any
 
 from kernel_connect.cli import CommandError
 from kernel_connect.cli.output import age, emit_json, plural, table
-from kernel_connect.connect import PORT_NAMES
+from kernel_connect.connect import PORT_NAMES, port_names
 from kernel_connect.liveness import ConnectionFileStatus, probe, scan_directory
 from kernel_connect.paths import runtime_dir
 from kernel_connect.secrets import SECRET_FIELDS
@@ -66,7 +66,8 @@ def run_ls(args: argparse.Namespace) -> int:
                 f"unknown: {s.reason}" if s.alive is None else s.state,
             ]
         )
-    headers = ["file", "kernel", "endpoint", "ports (shell,iopub,stdin,hb,control)", "age", "state"]
+    order = ",".join(name.removesuffix("_port") for name in port_names)
+    headers = ["file", "kernel", "endpoint", f"ports ({order})", "age", "state"]
     print(table(headers, rows))
     alive = sum(1 for s in statuses if s.alive is True)
     dead = sum(1 for s in statuses if s.alive is False)

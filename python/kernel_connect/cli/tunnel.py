@@ -14,18 +14,8 @@ from typing import Any
 from kernel_connect.cli import CommandError
 from kernel_connect.cli.output import emit_json
 
-_STANDARD = {
-    "shell_port",
-    "iopub_port",
-    "stdin_port",
-    "control_port",
-    "hb_port",
-    "ip",
-    "key",
-    "transport",
-    "signature_scheme",
-    "kernel_name",
-}
+#: Fields rewritten for the local end; the ports are added where used.
+_STANDARD = {"ip", "key", "transport", "signature_scheme", "kernel_name"}
 
 
 def local_file_for(remote_file: str) -> str:
@@ -36,7 +26,12 @@ def local_file_for(remote_file: str) -> str:
 
 
 def run_tunnel(args: argparse.Namespace) -> int:
-    from kernel_connect.connect import read_connection_file, write_connection_file
+    from kernel_connect.connect import (
+        PORT_NAMES,
+        TUNNEL_PORT_NAMES,
+        read_connection_file,
+        write_connection_file,
+    )
     from kernel_connect.ssh.errors import SSHTunnelError
     from kernel_connect.ssh.tunnel import tunnel_to_kernel
 
@@ -63,15 +58,11 @@ def run_tunnel(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from err
     local = local_file_for(args.file)
     try:
-        shell, iopub, stdin, hb, control = ports
-        extra = {k: v for k, v in info.items() if k not in _STANDARD}
+        extra = {k: v for k, v in info.items() if k not in _STANDARD and k not in PORT_NAMES}
+        local_ports: dict[str, Any] = dict(zip(TUNNEL_PORT_NAMES, ports, strict=True))
         write_connection_file(
             local,
-            shell_port=shell,
-            iopub_port=iopub,
-            stdin_port=stdin,
-            hb_port=hb,
-            control_port=control,
+            **local_ports,
             ip="127.0.0.1",
             key=str(info.get("key", "")).encode(),
             transport="tcp",

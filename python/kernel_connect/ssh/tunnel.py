@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from kernel_connect.connect import TUNNEL_PORT_NAMES
 from kernel_connect.ssh.errors import (
     ForwardError,
     LocalPortInUseError,
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 #: The kernel's channels, in the order tunnel_to_kernel returns their local ports.
-CHANNELS = ("shell", "iopub", "stdin", "hb", "control")
+CHANNELS = tuple(name.removesuffix("_port") for name in TUNNEL_PORT_NAMES)
 BACKENDS = ("paramiko", "openssh")
 # a kernel that listens on every interface is reached on the server's loopback
 WILDCARD_IPS = {"": "127.0.0.1", "*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
