@@ -228,6 +228,7 @@ fn bad_arguments_are_errors_before_any_allocation() {
         table.reserve("127.0.0.1", 1, None, Kind::Lease { seconds: 0 }),
         Err(Error::InvalidArgument(_))
     ));
+    // A bind probe on an address this host lacks fails; a bind sends nothing.
     assert!(table.reserve("203.0.113.7", 1, None, Kind::Held).is_err());
     assert!(table.held().expect("held").is_empty());
 }
