@@ -133,3 +133,62 @@ def test_unknown_spec_fails_before_reserving_ports_or_writing(tmp_path: Path) ->
     assert not conn.exists()
     assert km.ports == [0, 0, 0, 0, 0]
     assert LocalPortCache.instance().table.held() == held_before
+
+
+@pytest.fixture
+def escaping_name(jupyter_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A kernel name that, read as a path inside a kernel directory, reaches a
+    kernel.json outside every kernel directory; and the marker file that spec's
+    kernel creates (it exists only if that kernel was launched)."""
+    outside = tmp_path_factory.mktemp("outside")
+    marker = outside / "launched"
+    code = f"open({str(marker)!r}, 'w').close()"
+    spec_dir = write_kernel_spec(outside, "evil", [sys.executable, "-c", code, "{connection_file}"])
+    kernel_dir = jupyter_path / "kernels"
+    kernel_dir.mkdir(exist_ok=True)
+    name = os.path.relpath(spec_dir, kernel_dir)
+    assert name.startswith("..")
+    assert os.sep in name
+    return name, marker
+
+
+def test_a_name_with_a_path_never_reaches_a_spec_outside_the_kernel_dirs(
+    escaping_name: tuple[str, Path],
+) -> None:
+    name, _ = escaping_name
+    with pytest.raises(NoSuchKernel, match=r"not '\.' or '\.\.'") as info:
+        get_kernel_spec(name)
+    assert isinstance(info.value, KeyError)  # jupyter_client's type for a bad or unknown name
+
+
+def test_dot_dot_alone_is_not_a_kernel_name(jupyter_path: Path) -> None:
+    # Letters of the allowed alphabet, but a way out of the kernel directory.
+    (jupyter_path / "kernels").mkdir(exist_ok=True)
+    (jupyter_path / "kernel.json").write_text('{"argv": ["evil"]}')
+    (jupyter_path / "kernels" / "kernel.json").write_text('{"argv": ["evil"]}')
+    for name in ("..", "."):
+        with pytest.raises(NoSuchKernel):
+            get_kernel_spec(name)
+    # A dot inside a name is still allowed, as in jupyter_client.
+    write_kernel_spec(jupyter_path, "py..3.11", ["ok"])
+    assert get_kernel_spec("py..3.11").argv == ["ok"]
+
+
+def test_manager_refuses_a_name_with_a_path_and_launches_nothing(
+    escaping_name: tuple[str, Path],
+) -> None:
+    name, marker = escaping_name
+    km = KernelManager(kernel_name=name)
+    held_before = LocalPortCache.instance().table.held()
+    try:
+        with pytest.raises(NoSuchKernel):
+            _ = km.kernel_spec
+        with pytest.raises(NoSuchKernel):
+            km.start_kernel()
+    finally:
+        started = km.kernel
+        km.shutdown_kernel(now=True)
+    assert started is None
+    assert not marker.exists()
+    assert not km.connection_file or not os.path.exists(km.connection_file)
+    assert LocalPortCache.instance().table.held() == held_before

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import zmq
 
+from kernel_connect import manager as manager_module
 from kernel_connect.client import BlockingKernelClient
 from kernel_connect.connect import LocalPortCache
-from kernel_connect.errors import KernelDiedError, KernelTimeoutError
+from kernel_connect.errors import KernelDiedError, KernelStartCancelledError, KernelTimeoutError
 from kernel_connect.manager import KernelManager
+from kernel_connect.mixin import PORT_NAMES
 from kernel_connect.session import Session
 from kernel_fixtures import (
     file_mode,
@@ -278,9 +280,57 @@ def test_encryption_with_a_kernel_that_supports_it() -> None:
     assert not os.path.exists(conn)
 
 
-def test_zero_race_mode_sixteen_kernels_at_once() -> None:
+# Runs ipykernel after copying its connection file, as handed to the kernel, to
+# <snapshot dir>/<file name>.<n> (n counts the launches): what each launch saw.
+_SNAPSHOT_LAUNCHER = """
+import os, runpy, shutil, sys
+conn, snapshots = sys.argv[1], sys.argv[2]
+base = os.path.join(snapshots, os.path.basename(conn))
+n = 0
+while os.path.exists(f"{base}.{n}"):
+    n += 1
+shutil.copyfile(conn, f"{base}.{n}")
+sys.argv = [sys.argv[0], "-f", conn]
+runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.fixture
+def snapshot_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """An ipykernel spec that keeps each connection file it is launched with."""
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    script = tmp_path / "snapshot_launcher.py"
+    script.write_text(_SNAPSHOT_LAUNCHER)
+    snapshots = tmp_path / "launched"
+    snapshots.mkdir()
+    argv = [sys.executable, str(script), "{connection_file}", str(snapshots)]
+    write_kernel_spec(tmp_path, "snapshot", argv)
+    return "snapshot", snapshots
+
+
+def launched_ports(snapshots: Path, connection_file: str) -> list[list[int]]:
+    """The five ports of the file each launch of the kernel was handed, in launch order."""
+    base = os.path.basename(connection_file)
+    found = []
+    n = 0
+    while (snapshots / f"{base}.{n}").exists():
+        with open(snapshots / f"{base}.{n}") as f:
+            info = json.load(f)
+        found.append([info[name] for name in PORT_NAMES])
+        n += 1
+    return found
+
+
+def from_the_table(ports: list[int]) -> list[bool]:
+    """For each port, whether any process holds or leases it in the reservation table."""
+    table = LocalPortCache.instance().table
+    return [table.owner(p) is not None for p in ports]
+
+
+def test_zero_race_mode_sixteen_kernels_at_once(snapshot_spec: tuple[str, Path]) -> None:
+    name, snapshots = snapshot_spec
     n = 16
-    managers = [KernelManager(kernel_binds_ports=True) for _ in range(n)]
+    managers = [KernelManager(kernel_name=name, kernel_binds_ports=True) for _ in range(n)]
     errors: list[BaseException] = []
     clients: list[BlockingKernelClient | None] = [None] * n
 
@@ -304,6 +354,11 @@ def test_zero_race_mode_sixteen_kernels_at_once() -> None:
         all_ports = [p for km in managers for p in km.ports]
         assert len(set(all_ports)) == 5 * n
         assert 0 not in all_ports
+        # Zero-race for real: each kernel was handed port 0 and bound its own
+        # ports, none of which came from the reservation table.
+        for km in managers:
+            assert launched_ports(snapshots, km.connection_file) == [[0] * 5]
+        assert not any(from_the_table(all_ports))
         for km, kc in zip(managers, clients, strict=True):
             assert kc is not None
             with open(km.connection_file) as f:
@@ -388,3 +443,126 @@ def test_kernel_command_that_cannot_start_leaves_nothing(
     assert not km.has_kernel
     assert not os.path.exists(km.connection_file)
     assert LocalPortCache.instance().table.held() == held_before
+
+
+def test_zero_race_restart_has_the_kernel_choose_its_ports_again(
+    snapshot_spec: tuple[str, Path],
+) -> None:
+    """The ports of a kernel that bound its own lie in the ephemeral range, where
+    the table cannot protect them; a restart must not hand them to the new kernel."""
+    name, snapshots = snapshot_spec
+    km, kc = start_ready_kernel(kernel_name=name, kernel_binds_ports=True)
+    try:
+        first = km.ports
+        assert 0 not in first
+        assert not any(from_the_table(first))
+        kc.stop_channels()
+        km.restart_kernel()
+        # The new kernel was handed port 0 again, bound its own and published them.
+        assert launched_ports(snapshots, km.connection_file) == [[0] * 5, [0] * 5]
+        ports = km.ports
+        assert 0 not in ports
+        assert not any(from_the_table(ports))
+        with open(km.connection_file) as f:
+            on_disk = json.load(f)
+        assert [on_disk[p] for p in PORT_NAMES] == ports
+        assert file_mode(km.connection_file) == 0o600
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        assert result_text(run_code(kc, "6 * 7")[1]) == "42"
+    finally:
+        stop_kernel(km, kc)
+    assert not os.path.exists(km.connection_file)
+
+
+@pytest.fixture
+def never_binding_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A kernel that never writes its ports back: it writes its pid to a file, then waits."""
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    running = tmp_path / "running"
+    code = (
+        "import os, signal, sys\n"
+        "path = sys.argv[1]\n"
+        "with open(path + '.tmp', 'w') as f:\n"
+        "    f.write(str(os.getpid()))\n"
+        "os.rename(path + '.tmp', path)\n"
+        "signal.pause()\n"
+    )
+    argv = [sys.executable, "-c", code, str(running), "{connection_file}"]
+    write_kernel_spec(tmp_path, "never-binds", argv)
+    return "never-binds", running
+
+
+@pytest.mark.parametrize("now", [False, True], ids=["polite", "now"])
+def test_shutdown_from_another_thread_cancels_a_zero_race_start(
+    never_binding_spec: tuple[str, Path], now: bool
+) -> None:
+    name, running = never_binding_spec
+    km = KernelManager(kernel_name=name, kernel_binds_ports=True)
+    held_before = LocalPortCache.instance().table.held()
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            km.start_kernel()
+        except BaseException as e:
+            outcome.append(e)
+        else:
+            outcome.append(None)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    pid = None
+    try:
+        # The kernel runs; start_kernel is (or is about to be) waiting for its ports.
+        assert wait_until(running.exists, 60)
+        pid = int(running.read_text())
+        conn = km.connection_file
+        km.shutdown_kernel(now=now)
+        alive_after_shutdown = pid_alive(pid)
+    finally:
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)  # only when the shutdown failed: frees the starter
+        starter.join(120)
+    assert not starter.is_alive()
+    assert not alive_after_shutdown
+    [error] = outcome
+    assert isinstance(error, KernelStartCancelledError), repr(error)
+    assert isinstance(error, RuntimeError)
+    assert "cancelled" in str(error)
+    assert "shutdown_kernel" in str(error)
+    assert not km.has_kernel
+    assert not os.path.exists(conn)
+    assert km.ports == [0, 0, 0, 0, 0]
+    assert LocalPortCache.instance().table.held() == held_before
+    assert km not in manager_module._live_managers
+
+
+@pytest.mark.parametrize("binds_ports", [True, False], ids=["zero-race", "table-ports"])
+def test_shutdown_while_the_kernel_is_being_launched_cancels_the_start(
+    monkeypatch: pytest.MonkeyPatch, binds_ports: bool
+) -> None:
+    """The shutdown lands after the process exists but before the manager knows it."""
+    km = KernelManager(kernel_binds_ports=binds_ports)
+    held_before = LocalPortCache.instance().table.held()
+    launched = []
+    real_launch = manager_module.launch_kernel
+
+    def launch_then_shut_down(*args: object, **kwargs: object) -> object:
+        proc = real_launch(*args, **kwargs)  # type: ignore[arg-type]
+        launched.append(proc)
+        stopper = threading.Thread(target=km.shutdown_kernel)
+        stopper.start()
+        stopper.join(60)
+        return proc
+
+    monkeypatch.setattr(manager_module, "launch_kernel", launch_then_shut_down)
+    with pytest.raises(KernelStartCancelledError, match="shutdown_kernel"):
+        km.start_kernel()
+    [proc] = launched
+    assert proc.poll() is not None  # stopped and reaped
+    assert not km.has_kernel
+    assert not os.path.exists(km.connection_file)
+    assert LocalPortCache.instance().table.held() == held_before
+    assert km not in manager_module._live_managers

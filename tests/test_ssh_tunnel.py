@@ -415,6 +415,62 @@ def test_silent_server_times_out(backend: str, sshd_server: SSHServer) -> None:
         silent.close()
 
 
+# Logs in with paramiko to argv[1] (timeout argv[2]), prints the error, and
+# waits for paramiko's threads to end: they report their failure as they end.
+_LOGIN_AND_WAIT = """
+import sys, threading
+from kernel_connect.ssh.connection import open_connection
+from kernel_connect.ssh.errors import SSHConnectError
+from kernel_connect.ssh.options import SSHOptions
+try:
+    open_connection(sys.argv[1], SSHOptions(timeout=float(sys.argv[2])), session=False)
+except SSHConnectError as e:
+    print("SSHConnectError:", e)
+for thread in threading.enumerate():
+    if thread is not threading.main_thread():
+        thread.join(60)
+"""
+
+
+@pytest.mark.parametrize("server", ["silent", "hangs up"])
+def test_a_server_that_does_not_speak_ssh_leaves_stderr_clean(server: str) -> None:
+    pytest.importorskip("paramiko")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(120)
+    accepted: list[socket.socket] = []
+
+    def accept_one() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            if server == "hangs up":
+                conn.close()
+            else:
+                accepted.append(conn)  # held open, never a byte written
+
+    acceptor = threading.Thread(target=accept_one)
+    acceptor.start()
+    try:
+        where = f"me@127.0.0.1:{listener.getsockname()[1]}"
+        # No logging configured in the child: where paramiko's records would print.
+        done = subprocess.run(
+            [sys.executable, "-c", _LOGIN_AND_WAIT, where, "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        acceptor.join(120)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"SSHConnectError: {where} sent no SSH banner"), done.stdout
+    assert done.stderr == ""
+
+
 @pytest.mark.ssh
 @pytest.mark.parametrize("function", [tunnels.paramiko_tunnel, tunnels.openssh_tunnel])
 def test_local_port_already_taken(

@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "find_kernel_specs": "kernel_connect.kernelspec",
     "get_kernel_spec": "kernel_connect.kernelspec",
     "KernelDiedError": "kernel_connect.errors",
+    "KernelStartCancelledError": "kernel_connect.errors",
     "KernelTimeoutError": "kernel_connect.errors",
     "BlockingKernelClient": "kernel_connect.client",
     "ssh_tunnel": "kernel_connect.ssh.tunnel",
@@ -46,6 +47,7 @@ __all__ = [
     "KernelDiedError",
     "KernelManager",
     "KernelSpec",
+    "KernelStartCancelledError",
     "KernelTimeoutError",
     "LocalPortCache",
     "NoSuchKernel",
@@ -75,7 +77,11 @@ if TYPE_CHECKING:
         tunnel_to_kernel,
         write_connection_file,
     )
-    from kernel_connect.errors import KernelDiedError, KernelTimeoutError
+    from kernel_connect.errors import (
+        KernelDiedError,
+        KernelStartCancelledError,
+        KernelTimeoutError,
+    )
     from kernel_connect.kernelspec import (
         KernelSpec,
         NoSuchKernel,

@@ -51,4 +51,14 @@ class KernelTimeoutError(RuntimeError):
     """A kernel did not answer (ready, reply or shutdown) within the timeout."""
 
 
-__all__ = ["KernelDeath", "KernelDiedError", "KernelTimeoutError"]
+class KernelStartCancelledError(RuntimeError):
+    """``start_kernel`` gave up because ``shutdown_kernel`` was called while it ran.
+
+    Raised by the starting thread when another thread shut the manager down
+    before the kernel had started (in zero-race mode: before it had published
+    its ports). By then the kernel process is gone, its connection file removed
+    and its ports returned.
+    """
+
+
+__all__ = ["KernelDeath", "KernelDiedError", "KernelStartCancelledError", "KernelTimeoutError"]

@@ -19,17 +19,31 @@ from typing import Any
 NATIVE_KERNEL_NAME = "python3"
 
 _VALID_NAME = re.compile(r"^[a-z0-9._\-]+$", re.IGNORECASE)
+_NAME_RULE = "kernel names are ASCII letters, digits, '.', '-' and '_', and not '.' or '..'"
+
+
+def is_valid_kernel_name(name: str) -> bool:
+    """Whether ``name`` can name a kernel spec: jupyter_client's characters, no path.
+
+    Letters, digits, ``.``, ``-`` and ``_`` only (so no path separator), and
+    neither ``.`` nor ``..``: a name is one directory inside a kernel directory,
+    never a way out of it.
+    """
+    return bool(_VALID_NAME.match(name)) and name not in (".", "..")
 
 
 class NoSuchKernel(KeyError):
-    """No kernel spec of the requested name is installed."""
+    """No kernel spec of the requested name is installed (or the name is not valid)."""
 
-    def __init__(self, name: str, searched: list[str] | None = None) -> None:
+    def __init__(self, name: str, searched: list[str] | None = None, reason: str = "") -> None:
         super().__init__(name)
         self.name = name
         self.searched = searched or []
+        self.reason = reason
 
     def __str__(self) -> str:
+        if self.reason:
+            return f"no kernel spec named {self.name!r}: {self.reason}"
         where = ", ".join(self.searched) or "(no kernel directories)"
         return f"no kernel spec named {self.name!r} (searched {where})"
 
@@ -117,7 +131,7 @@ def find_kernel_specs() -> dict[str, str]:
             continue
         for entry in entries:
             name = entry.name.lower()
-            if name in specs or not _VALID_NAME.match(name):
+            if name in specs or not is_valid_kernel_name(name):
                 continue
             if os.path.isfile(os.path.join(entry.path, "kernel.json")):
                 specs[name] = entry.path
@@ -132,9 +146,14 @@ def get_kernel_spec(name: str) -> KernelSpec:
     Raises
     ------
     NoSuchKernel
-        If no such spec is installed (and it is not the native fallback).
+        If no such spec is installed (and it is not the native fallback), or
+        ``name`` is not a valid kernel name (see :func:`is_valid_kernel_name`):
+        a name is never read as a path, so ``../x`` cannot reach a
+        ``kernel.json`` outside the kernel directories.
     """
     key = (name or NATIVE_KERNEL_NAME).lower()
+    if not is_valid_kernel_name(key):
+        raise NoSuchKernel(name, reason=_NAME_RULE)
     dirs = kernel_dirs()
     for kdir in dirs:
         resource_dir = _spec_dir(kdir, key)

@@ -43,7 +43,12 @@ from traitlets import (
 )
 
 from kernel_connect.client import BlockingKernelClient
-from kernel_connect.errors import KernelDeath, KernelDiedError, KernelTimeoutError
+from kernel_connect.errors import (
+    KernelDeath,
+    KernelDiedError,
+    KernelStartCancelledError,
+    KernelTimeoutError,
+)
 from kernel_connect.kernelspec import (
     NATIVE_KERNEL_NAME,
     KernelSpec,
@@ -147,6 +152,9 @@ class KernelManager(ConnectionFileMixin):
         self._kernel_spec: KernelSpec | None = None
         self.exit_code: int | None = None
         self.shutting_down = False
+        # Zero-race mode: the ports on file were chosen by the kernel (bind to
+        # port 0), so they lie in the ephemeral range, unprotected by the table.
+        self._ports_from_kernel = False
         #: Restarts on new ports after a port clash (see ``port_clash_retries``).
         self.port_clash_restarts = 0
 
@@ -250,6 +258,9 @@ class KernelManager(ConnectionFileMixin):
             If the ip is not local, or encryption is required but unsupported.
         KernelDiedError
             If, in zero-race mode, the kernel exits before writing its ports.
+        KernelStartCancelledError
+            If ``shutdown_kernel`` was called (from another thread) before the
+            kernel had started; nothing is left behind.
         """
         if self.kernel is not None:
             if self.kernel.poll() is None:
@@ -269,20 +280,30 @@ class KernelManager(ConnectionFileMixin):
             from kernel_connect.paths import runtime_dir
 
             self.connection_file = os.path.join(runtime_dir(), f"kernel-{self.kernel_id}.json")
-        if self.kernel_binds_ports and not self._connection_file_written:
+        if self.kernel_binds_ports and (
+            not self._connection_file_written or self._ports_from_kernel
+        ):
+            # Also on a restart: the last kernel's ports are ephemeral ones that
+            # anything on the host may have taken since it let them go, and the
+            # table cannot protect them, so the new kernel binds its own again.
             self._write_port0_connection_file()
         else:
             self.write_connection_file()
         try:
             self._launch(dict(kw))
+            # Registered at once, so that a shutdown in another thread, before
+            # or after any step below, always leaves the set as it found it.
+            _live_managers.add(self)
             if self.kernel_binds_ports:
                 self._wait_for_bound_ports()
-        except BaseException:
+            self._raise_if_start_cancelled()
+        except BaseException as e:
             # A failed start leaves nothing behind: process, file or ports.
             self._kill_and_reap()
             self.cleanup_resources(restart=False)
+            if isinstance(e, Exception) and not isinstance(e, KernelStartCancelledError):
+                self._raise_if_start_cancelled()  # whatever failed, a shutdown caused it
             raise
-        _live_managers.add(self)
 
     def _check_local_ip(self) -> None:
         from kernel_connect.localinterfaces import is_local_ip, local_ips
@@ -344,20 +365,35 @@ class KernelManager(ConnectionFileMixin):
             None,
         )
         self._connection_file_written = True
+        self._ports_from_kernel = True
         self._random_port_names = list(PORT_NAMES)
         for name in PORT_NAMES:
             setattr(self, name, 0)
+
+    def _raise_if_start_cancelled(self) -> None:
+        """Raise KernelStartCancelledError if shutdown_kernel ran since this start began."""
+        if self.shutting_down:
+            raise KernelStartCancelledError(
+                "kernel start cancelled: shutdown_kernel() was called before the kernel "
+                "had started; it was stopped and its connection file removed"
+            )
 
     def _wait_for_bound_ports(self) -> None:
         """Wait until the kernel has written its real ports into the file, then load them.
 
         ipykernel rewrites the file in place, so a read can see it half-written:
         a read counts only when it parses and every port is nonzero.
+
+        ``shutdown_kernel`` from another thread may stop (and forget) the
+        kernel meanwhile: the wait then ends in KernelStartCancelledError.
         """
-        assert self.kernel is not None
+        proc = self.kernel
+        self._raise_if_start_cancelled()
+        assert proc is not None
         deadline = time.monotonic() + self.port_wait_timeout
         last_stamp: tuple[int, int] | None = None
         while True:
+            self._raise_if_start_cancelled()
             try:
                 st = os.stat(self.connection_file)
                 stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
@@ -373,13 +409,14 @@ class KernelManager(ConnectionFileMixin):
                 # Half-written: read again even if the stamp does not change.
                 last_stamp = None
             try:
-                self.kernel.wait(_PORT_POLL_S)
+                proc.wait(_PORT_POLL_S)
             except subprocess.TimeoutExpired:
                 pass
             else:
+                self._raise_if_start_cancelled()  # it was stopped, it did not die
                 raise KernelDiedError(
                     "kernel exited before binding its ports: " + self.death_report(),
-                    exit_code=self.kernel.returncode,
+                    exit_code=proc.returncode,
                     stderr_tail=self.stderr_tail(),
                 )
             if time.monotonic() > deadline:
@@ -447,16 +484,22 @@ class KernelManager(ConnectionFileMixin):
         RuntimeError
             If no kernel is running.
         """
-        if self.kernel is None:
+        proc = self.kernel
+        if proc is None:
             raise RuntimeError("cannot signal the kernel: no kernel is running")
-        if self._pgid is not None:
+        self._signal(proc, signum)
+
+    def _signal(self, proc: subprocess.Popen[bytes], signum: int) -> None:
+        """Send ``signum`` to ``proc``'s process group, or to ``proc`` alone."""
+        pgid = self._pgid
+        if pgid is not None and proc.poll() is None:
             try:
-                os.killpg(self._pgid, signum)
+                os.killpg(pgid, signum)
                 return
             except OSError:
                 pass
         with suppress(ProcessLookupError):
-            self.kernel.send_signal(signum)
+            proc.send_signal(signum)
 
     def interrupt_kernel(self) -> None:
         """Interrupt the kernel: SIGINT, or an interrupt_request if its spec asks for that.
@@ -488,9 +531,9 @@ class KernelManager(ConnectionFileMixin):
         return self._control_socket
 
     def _close_control_socket(self) -> None:
-        if self._control_socket is not None:
-            self._control_socket.close(linger=0)
-            self._control_socket = None
+        sock, self._control_socket = self._control_socket, None
+        if sock is not None:
+            sock.close(linger=0)
 
     def _send_control(self, msg_type: str, content: dict[str, Any]) -> None:
         self.session.send(self._connect_control_socket(), msg_type, content=content)
@@ -501,15 +544,16 @@ class KernelManager(ConnectionFileMixin):
 
     def _wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the process to exit; True if it did."""
-        if self.kernel is None:
+        # One look at self.kernel: another thread (a shutdown during a start)
+        # may reap and forget the process meanwhile.
+        proc = self.kernel
+        if proc is None or proc.poll() is not None:
             return True
-        if self.kernel.poll() is not None:
-            return True
-        if _wait_pidfd(self.kernel.pid, timeout) is False:
+        if _wait_pidfd(proc.pid, timeout) is False:
             return False
         try:
             # Reaps at once after a pidfd wakeup; otherwise polls with back-off.
-            self.kernel.wait(max(0.0, timeout))
+            proc.wait(max(0.0, timeout))
         except subprocess.TimeoutExpired:
             return False
         return True
@@ -535,30 +579,32 @@ class KernelManager(ConnectionFileMixin):
 
     def _kill_and_reap(self) -> None:
         """SIGKILL the kernel's process group and wait for the kernel."""
-        if self.kernel is None:
+        proc = self.kernel
+        if proc is None:
             return
-        if self.kernel.poll() is None:
-            self.signal_kernel(signal.SIGKILL)
+        if proc.poll() is None:
+            self._signal(proc, signal.SIGKILL)
             if not self._wait(5.0):
-                self.log.warning("kernel %d did not die after SIGKILL", self.kernel.pid)
+                self.log.warning("kernel %d did not die after SIGKILL", proc.pid)
                 return
         self._reap()
 
     def _reap(self) -> None:
         """Forget an exited kernel process (and close our end of its pipes)."""
-        if self.kernel is None:
+        proc = self.kernel
+        if proc is None:
             return
-        self.exit_code = self.kernel.returncode
-        for stream in (self.kernel.stdin, self.kernel.stdout, self.kernel.stderr):
-            if stream is not None:
-                stream.close()
+        self.exit_code = proc.returncode
         self.kernel = None
         self._pgid = None
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
     def _close_stderr_file(self) -> None:
-        if self._stderr_file is not None:
-            self._stderr_file.close()
-            self._stderr_file = None
+        f, self._stderr_file = self._stderr_file, None
+        if f is not None:
+            f.close()
 
     def cleanup_resources(self, restart: bool = False) -> None:
         """Close our control socket; unless restarting, remove the file and return ports."""
@@ -569,6 +615,7 @@ class KernelManager(ConnectionFileMixin):
             self.cleanup_connection_file()
             self.return_reserved_ports()
             self._close_stderr_file()
+            self._ports_from_kernel = False
             _live_managers.discard(self)
 
     def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
@@ -586,10 +633,13 @@ class KernelManager(ConnectionFileMixin):
         restart : bool
             Keep the connection file, ports and keys for a restart.
         """
-        self.shutting_down = True
-        if self.kernel is not None:
-            if self.kernel.poll() is None:
-                if now:
+        self.shutting_down = True  # also cancels a start under way in another thread
+        proc = self.kernel
+        if proc is not None:
+            if proc.poll() is None:
+                if now or not self._kernel_ports_known():
+                    # A kernel still binding its own ports (a zero-race start
+                    # under way) cannot be asked on control, and has nothing to save.
                     self._kill_and_reap()
                 else:
                     # As jupyter_client: an interrupt first, so a kernel busy
@@ -597,12 +647,24 @@ class KernelManager(ConnectionFileMixin):
                     self._interrupt_quietly()
                     self.request_shutdown(restart=restart)
                     self.finish_shutdown(restart=restart)
-            if self.kernel is not None and self.kernel.poll() is not None:
+            proc = self.kernel
+            if proc is not None and proc.poll() is not None:
                 self._reap()
         self.cleanup_resources(restart=restart)
 
+    def _kernel_ports_known(self) -> bool:
+        """Whether every port of the kernel is known (not 0, as while it binds its own)."""
+        return self.transport != "tcp" or 0 not in self.ports
+
     def restart_kernel(self, now: bool = False, newports: bool = False, **kw: Any) -> None:
         """Restart the kernel with the same arguments (and, by default, the same ports).
+
+        In zero-race mode (``kernel_binds_ports``) a kernel that bound its own
+        ports always binds new ones: the old ones lie in the OS's ephemeral
+        range, where anything on the host may take them once the old kernel has
+        let them go. The new ports are published as at a start (this manager's
+        port traits and the connection file); clients made before the restart
+        must be made again (or reload the file).
 
         Parameters
         ----------

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import getpass
+import logging
 import socket
 import sys
 import time
@@ -33,6 +34,9 @@ from kernel_connect.ssh.server import parse_server
 __all__ = ["SSHConnection", "open_connection", "set_nodelay"]
 
 KEEPALIVE_SECONDS = 15
+# Our transports' paramiko log channel (a child of paramiko's own, so logging
+# set up for "paramiko" still applies); see _log_channel.
+PARAMIKO_LOG_CHANNEL = "paramiko.transport.kernel_connect"
 # Runs on the server for the life of the connection and ends when we close it
 # (stdin EOF); it exists so that sshd turns on TCP_NODELAY.
 SESSION_COMMAND = "cat"
@@ -222,6 +226,21 @@ def _transport_class() -> Any:
     return TunnelTransport
 
 
+@functools.cache
+def _log_channel() -> str:
+    """The log channel of our paramiko transports, given a handler that prints nothing.
+
+    paramiko's transport thread logs its failures at ERROR with tracebacks (a
+    server that accepts but never speaks SSH: two of them), and with logging
+    not configured Python prints such records to stderr (``logging.lastResort``).
+    Each failure already reaches our caller as an SSHConnectError, so the
+    records are only for whoever configures logging: a NullHandler on this
+    channel keeps stderr clean and lets them propagate to those handlers.
+    """
+    logging.getLogger(PARAMIKO_LOG_CHANNEL).addHandler(logging.NullHandler())
+    return PARAMIKO_LOG_CHANNEL
+
+
 def _transport_factory(checker: HostKeyChecker) -> Any:
     transport_class = _transport_class()
 
@@ -248,6 +267,7 @@ def _login(
 
     checker = HostKeyChecker(host, options.known_hosts, options.allow_new_host)
     client = paramiko.SSHClient()
+    client.set_log_channel(_log_channel())
     client.set_missing_host_key_policy(checker.as_policy())
     if sock is None:
         sock, hops = _proxy_socket(host, options, deadline)
@@ -274,16 +294,21 @@ def _login(
             transport_factory=_transport_factory(checker),
         )
     except BaseException as exc:
+        transport = client.get_transport()
+        # "" until the server's first line, its SSH banner, has been read
+        silent = transport is not None and not transport.remote_version
         client.close()
         for hop in reversed(hops):
             hop.close()
-        raise _login_error(exc, where, options) from None
+        raise _login_error(exc, where, options, silent=silent) from None
     connection = SSHConnection(host, client, hops)
     connection.transport.set_keepalive(KEEPALIVE_SECONDS)
     return connection
 
 
-def _login_error(exc: BaseException, where: str, options: SSHOptions) -> BaseException:
+def _login_error(
+    exc: BaseException, where: str, options: SSHOptions, *, silent: bool = False
+) -> BaseException:
     import paramiko
 
     if isinstance(exc, SSHTunnelError):
@@ -302,6 +327,15 @@ def _login_error(exc: BaseException, where: str, options: SSHOptions) -> BaseExc
         return SSHAuthenticationError(f"SSH server {where} refused {tried}")
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return SSHConnectError(f"timed out logging in to SSH server {where}")
+    if (
+        silent
+        and isinstance(exc, (paramiko.SSHException, OSError, EOFError))
+        and not isinstance(exc, paramiko.ProxyCommandFailure)
+    ):
+        # paramiko's own words here ("No existing session") would mislead
+        return SSHConnectError(
+            f"{where} sent no SSH banner: it is not an SSH server, or it hung up first"
+        )
     if isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
         return SSHConnectError(f"SSH connection to {where} failed: {exc}")
     return exc
