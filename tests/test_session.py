@@ -110,7 +110,7 @@ def test_replayed_message_is_rejected_but_peek_is_not_recorded() -> None:
     sender, receiver = Session(key=KEY), Session(key=KEY)
     rest = sender.serialize(sender.msg("execute_request", content={"code": "x"}))[1:]
     peek = receiver.deserialize(rest, content=False)
-    assert peek["content"] == b'{"code": "x"}'
+    assert json.loads(peek["content"]) == {"code": "x"}  # left packed
     assert receiver.deserialize(rest)["content"] == {"code": "x"}
     with pytest.raises(ValueError, match="replayed"):
         receiver.deserialize(rest)
@@ -272,12 +272,6 @@ def test_parse_date_shapes() -> None:
     ):
         assert parse_date(not_a_date) == not_a_date
     assert extract_dates({"a": ["2024-01-02T03:04:05Z", 1]})["a"][0].year == 2024
-
-
-def test_nan_is_refused() -> None:
-    s = Session(key=KEY)
-    with pytest.raises(ValueError, match="JSON compliant"):
-        s.serialize(s.msg("status", content={"x": float("nan")}))
 
 
 def test_interop_with_jupyter_client_session() -> None:

@@ -12,6 +12,26 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+
+def _version_tuple(version: str) -> tuple[int | str, ...]:
+    """``'1.2.3rc1'`` -> ``(1, 2, 3, 'rc1')``, as jupyter_client builds ``version_info``."""
+    parts = version.split(".", 2)
+    if len(parts) < 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return ()
+    digits = len(parts[2]) - len(parts[2].lstrip("0123456789"))
+    if not digits:
+        return ()
+    rest = parts[2][digits:]
+    numbers: tuple[int | str, ...] = (int(parts[0]), int(parts[1]), int(parts[2][:digits]))
+    return (*numbers, rest) if rest else numbers
+
+
+#: This package's version as a tuple, e.g. ``(0, 1, 0)``.
+version_info = _version_tuple(__version__)
+#: The Jupyter messaging protocol version kernel-connect speaks (as jupyter_client 8.10).
+protocol_version_info = (5, 4)
+protocol_version = f"{protocol_version_info[0]}.{protocol_version_info[1]}"
+
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "KernelConnectionInfo": "kernel_connect.connect",
@@ -58,11 +78,14 @@ __all__ = [
     "forward_tunnel",
     "get_kernel_spec",
     "launch_kernel",
+    "protocol_version",
+    "protocol_version_info",
     "read_connection_file",
     "run_kernel",
     "ssh_tunnel",
     "start_new_kernel",
     "tunnel_to_kernel",
+    "version_info",
     "write_connection_file",
 ]
 

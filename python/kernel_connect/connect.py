@@ -23,6 +23,7 @@ from kernel_connect.paths import runtime_dir
 from kernel_connect.ports import LocalPortCache
 
 if TYPE_CHECKING:
+    from kernel_connect.mixin import CHANNEL_SOCKET_TYPES as channel_socket_types
     from kernel_connect.mixin import ConnectionFileMixin
 
 # Raised by the core; presented as part of the public package.
@@ -288,12 +289,17 @@ def tunnel_to_kernel(
 
 
 def __getattr__(name: str) -> Any:
-    # ConnectionFileMixin lives in its own module (it needs zmq and traitlets);
-    # it is importable from here as in jupyter_client.
+    # ConnectionFileMixin and the channels' zmq socket types live in the mixin's
+    # module (they need zmq and traitlets); they are importable from here as in
+    # jupyter_client, without this module importing zmq.
     if name == "ConnectionFileMixin":
         from kernel_connect.mixin import ConnectionFileMixin
 
         return ConnectionFileMixin
+    if name == "channel_socket_types":
+        from kernel_connect.mixin import CHANNEL_SOCKET_TYPES
+
+        return CHANNEL_SOCKET_TYPES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -304,6 +310,7 @@ __all__ = [
     "ConnectionFileMixin",
     "KernelConnectionInfo",
     "LocalPortCache",
+    "channel_socket_types",
     "find_connection_file",
     "port_names",
     "read_connection_file",

@@ -13,7 +13,17 @@ import os
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
-from traitlets import Bool, Bytes, CaselessStrEnum, Instance, Integer, Type, Unicode, observe
+from traitlets import (
+    Bool,
+    Bytes,
+    CaselessStrEnum,
+    Instance,
+    Integer,
+    Type,
+    Unicode,
+    default,
+    observe,
+)
 from traitlets.config import LoggingConfigurable
 
 from kernel_connect.connect import port_names
@@ -45,8 +55,31 @@ def _localhost() -> str:
     return localhost()
 
 
+#: write_connection_file's connection parameters, and the trait each one sets
+#: (a name starting with "session." is a trait of the Session).
+_CONNECTION_PARAMETERS = {
+    "fname": "connection_file",
+    "transport": "transport",
+    "ip": "ip",
+    **{name: name for name in PORT_NAMES},
+    "key": "session.key",
+    "signature_scheme": "session.signature_scheme",
+    "kernel_name": "kernel_name",
+    "curve_publickey": "curve_publickey",
+    "curve_secretkey": "curve_secretkey",
+}
+
+
 class ConnectionFileMixin(LoggingConfigurable):
     """Connection info, connection file handling and channel sockets of one kernel."""
+
+    data_dir = Unicode(help="The Jupyter data directory [default: jupyter_core's data dir].")
+
+    @default("data_dir")
+    def _data_dir_default(self) -> str:
+        from jupyter_core.paths import jupyter_data_dir
+
+        return str(jupyter_data_dir())
 
     connection_file = Unicode(
         "",
@@ -198,19 +231,59 @@ class ConnectionFileMixin(LoggingConfigurable):
         """Write our connection info to ``self.connection_file`` (atomically, mode 0600).
 
         Ports still 0 are reserved in the port reservation table first and
-        stored on this object. Does nothing if we already wrote the file and it
-        still exists.
+        stored on this object. Does nothing if we already wrote the file, it
+        still exists and no connection parameter changes it.
 
         Parameters
         ----------
         **kwargs
-            Extra fields for the file (see ``write_connection_file``).
+            Connection parameters of ``write_connection_file`` (``fname``,
+            ``transport``, ``ip``, the five ports, ``key``, ``signature_scheme``,
+            ``kernel_name``, ``curve_publickey``, ``curve_secretkey``): each
+            sets its trait on this object (``key`` and ``signature_scheme``
+            on its Session, ``fname`` sets ``connection_file``) and so goes
+            into the file. A file already written is written again if they
+            change anything. Any other keyword is an extra field of the file.
+            When the write fails, the traits are set back as they were.
         """
+        params = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONNECTION_PARAMETERS}
+        previous = {k: self._connection_trait(k) for k in params}
+        old_file = self.connection_file if self._connection_file_written else ""
+        try:
+            # transport first: the ip's default depends on it.
+            for name in sorted(params, key=lambda k: k != "transport"):
+                self._set_connection_trait(name, params[name])
+            changed = any(self._connection_trait(k) != previous[k] for k in params)
+            if (
+                self._connection_file_written
+                and not changed
+                and os.path.exists(self.connection_file)
+            ):
+                return
+            self._write_connection_file(kwargs)
+        except BaseException:
+            for name in reversed(list(previous)):
+                self._set_connection_trait(name, previous[name])
+            raise
+        if old_file and old_file != self.connection_file:
+            # Written anew elsewhere (fname=...): the file we wrote before is stale.
+            with contextlib.suppress(OSError):
+                os.remove(old_file)
+
+    def _connection_trait(self, param: str) -> Any:
+        owner, _, trait = _CONNECTION_PARAMETERS[param].rpartition(".")
+        return getattr(self.session if owner else self, trait)
+
+    def _set_connection_trait(self, param: str, value: Any) -> None:
+        owner, _, trait = _CONNECTION_PARAMETERS[param].rpartition(".")
+        if param == "curve_publickey" and isinstance(value, str):
+            value = value.encode("ascii")  # Z85 text, as the module function takes it
+        setattr(self.session if owner else self, trait, value)
+
+    def _write_connection_file(self, extra: dict[str, Any]) -> None:
         from kernel_connect.connect import write_connection_file
         from kernel_connect.ports import LocalPortCache
 
-        if self._connection_file_written and os.path.exists(self.connection_file):
-            return
         self._record_random_port_names()
         reserved: list[int] = []
         if self.transport == "tcp":
@@ -235,7 +308,7 @@ class ConnectionFileMixin(LoggingConfigurable):
                 kernel_name=self.kernel_name,
                 curve_publickey=self.curve_publickey,
                 curve_secretkey=self.curve_secretkey,
-                **kwargs,
+                **extra,
             )
         except BaseException:
             if reserved:

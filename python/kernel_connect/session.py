@@ -6,21 +6,32 @@ The wire format (Jupyter messaging protocol 5.x) of one message is::
      buffers...]
 
 The signature is the hex HMAC (``signature_scheme`` = ``hmac-<digest>``) of the
-four JSON parts. An empty key means messages are neither signed nor checked, as
+four packed parts. An empty key means messages are neither signed nor checked, as
 in jupyter_client. Verification uses a constant-time compare, and a bounded
 history of recent signatures rejects a replayed message.
+
+The parts are packed with JSON by default (orjson when it is installed, as
+jupyter_client does); ``packer='pickle'``, ``'msgpack'`` or an import name
+chooses another serializer. Received messages are adapted to the current
+protocol version (:mod:`kernel_connect.adapter`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
-import itertools
+import importlib
 import logging
 import os
+import pickle
+import pprint
+import threading
 import uuid
+import warnings
+import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -31,6 +42,8 @@ from traitlets import (
     CBytes,
     CUnicode,
     Dict,
+    DottedObjectName,
+    Instance,
     Integer,
     Set,
     TraitError,
@@ -39,25 +52,118 @@ from traitlets import (
     observe,
     validate,
 )
-from traitlets.config import Configurable
+from traitlets import Callable as CallableTrait
+from traitlets.config import Configurable, LoggingConfigurable
 from traitlets.utils.importstring import import_item
 
-from kernel_connect import _native
-from kernel_connect.jsonutil import extract_dates, json_packer, json_unpacker, squash_dates
+from kernel_connect import _native, protocol_version
+from kernel_connect.adapter import adapt
+from kernel_connect.jsonutil import (
+    extract_dates,
+    json_default,
+    json_packer,
+    json_unpacker,
+    squash_dates,
+)
 from kernel_connect.secret_trait import SecretBytes
 
 log = logging.getLogger(__name__)
 
 #: The messaging protocol version written into headers.
-PROTOCOL_VERSION = "5.4"
+PROTOCOL_VERSION = protocol_version
 
 #: Separates routing identities from the message proper.
 DELIM = b"<IDS|MSG>"
 
-# A tracker that is always done, for sends that copy their buffers.
-_DONE = zmq.MessageTracker()
+#: A tracker that is always done, for sends that copy their buffers.
+DONE = zmq.MessageTracker()
+_DONE = DONE
 
-_MSG_COUNTER = itertools.count()
+#: Defaults of ``Session.item_threshold`` and ``Session.buffer_threshold``.
+MAX_ITEMS = 64
+MAX_BYTES = 1024
+
+#: The pickle protocol of :func:`pickle_packer`.
+PICKLE_PROTOCOL = pickle.DEFAULT_PROTOCOL
+
+
+def _optional_module(name: str) -> Any:
+    """The module ``name``, or None when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return None
+
+
+_orjson = _optional_module("orjson")
+_msgpack = _optional_module("msgpack")
+#: Whether the optional serializers are installed (orjson is then the default).
+has_orjson = _orjson is not None
+has_msgpack = _msgpack is not None
+
+if _orjson is not None:
+    _ORJSON_OPTION: int | None = _orjson.OPT_NAIVE_UTC | _orjson.OPT_UTC_Z
+
+    def orjson_packer(obj: Any, *, option: int | None = _ORJSON_OPTION) -> bytes:
+        """Pack ``obj`` with orjson (naive datetimes as UTC, written with ``Z``).
+
+        Whatever orjson refuses (non-string keys, integers past 64 bits, ...)
+        is packed by :func:`json_packer` instead. orjson writes NaN and the
+        infinities as ``null``.
+        """
+        try:
+            return cast(bytes, _orjson.dumps(obj, default=json_default, option=option))
+        except Exception:
+            return json_packer(obj)
+
+    def orjson_unpacker(s: str | bytes) -> Any:
+        """Unpack JSON with orjson, falling back to :func:`json_unpacker`."""
+        try:
+            return _orjson.loads(s)
+        except Exception:
+            return json_unpacker(s)
+
+else:
+    # Without orjson, 'orjson' means the standard library's json, as in jupyter_client.
+    orjson_packer, orjson_unpacker = json_packer, json_unpacker  # type: ignore[assignment]
+
+if _msgpack is not None:
+    #: msgpack packing; what msgpack cannot pack goes through ``json_default``.
+    msgpack_packer = functools.partial(_msgpack.packb, default=json_default)
+    msgpack_unpacker = _msgpack.unpackb
+
+
+def pickle_packer(o: Any) -> bytes:
+    """Pack ``o`` with pickle, datetimes squashed to ISO 8601 strings.
+
+    A pickle unpacker runs code chosen by whoever made the message: use pickle
+    only with a key, so that only signed messages are ever unpacked.
+    """
+    return pickle.dumps(squash_dates(o), PICKLE_PROTOCOL)
+
+
+#: Unpacks :func:`pickle_packer`'s output (signed messages only: see pickle_packer).
+pickle_unpacker = pickle.loads
+
+_DEFAULT_PACKER = "orjson" if has_orjson else "json"
+
+
+def squash_unicode(obj: Any) -> Any:
+    """Encode every str in ``obj`` (dict keys included) as UTF-8 bytes.
+
+    Dicts and lists are changed in place, as in jupyter_client; the result
+    is returned (a str becomes new bytes).
+    """
+    if isinstance(obj, dict):
+        for key in list(obj):
+            value = squash_unicode(obj.pop(key) if isinstance(key, str) else obj[key])
+            obj[squash_unicode(key) if isinstance(key, str) else key] = value
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            obj[i] = squash_unicode(value)
+    elif isinstance(obj, str):
+        obj = obj.encode("utf8")
+    return obj
 
 
 def new_id() -> str:
@@ -99,6 +205,69 @@ def msg_header(msg_id: str, msg_type: str, username: str, session: str) -> dict[
     }
 
 
+class Message:
+    """A message (or any dict) whose keys are also attributes, nested dicts included.
+
+    ``dict(Message(d))`` gives the top level back as a dict; ``msg.header.msg_id``
+    and ``msg["header"]["msg_id"]`` are the same value. A Session sends a
+    Message as it sends the dict it was made from.
+    """
+
+    def __init__(self, msg_dict: Mapping[str, Any]) -> None:
+        for key, value in dict(msg_dict).items():
+            self.__dict__[key] = Message(value) if isinstance(value, dict) else value
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        # Pairs, so that dict(message) works.
+        return iter(self.__dict__.items())
+
+    def __repr__(self) -> str:
+        return repr(self.__dict__)
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.__dict__)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.__dict__
+
+    def __getitem__(self, key: str) -> Any:
+        return self.__dict__[key]
+
+
+def _message_dict(msg: Message) -> dict[str, Any]:
+    """A Message as nested dicts again."""
+    return {k: _message_dict(v) if isinstance(v, Message) else v for k, v in msg}
+
+
+class _MessageCounter:
+    """Numbers the message ids of one session id in this process (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def take(self) -> int:
+        with self._lock:
+            number = self.value
+            self.value = number + 1
+        return number
+
+
+# One counter per session id, shared by every Session with that id (a clone, or
+# one made with session=...), so no two mint the same message id. Kept only
+# while such a Session lives.
+_COUNTERS: weakref.WeakValueDictionary[str, _MessageCounter] = weakref.WeakValueDictionary()
+_COUNTERS_LOCK = threading.Lock()
+
+
+def _counter_for(session_id: str) -> _MessageCounter:
+    with _COUNTERS_LOCK:
+        counter = _COUNTERS.get(session_id)
+        if counter is None:
+            counter = _COUNTERS[session_id] = _MessageCounter()
+        return counter
+
+
 def extract_header(msg_or_header: dict[str, Any] | None) -> dict[str, Any]:
     """Return the header of a message, or the argument itself when it is a header."""
     if not msg_or_header:
@@ -130,14 +299,19 @@ class Session(Configurable):
         True, config=True, help="Refuse to send from a forked child of the creating process."
     )
 
-    packer = Unicode(
-        "json", config=True, help="Serializer for message parts: 'json' or an import name."
+    packer = DottedObjectName(
+        _DEFAULT_PACKER,
+        config=True,
+        help="Serializer of message parts: 'json', 'orjson', 'pickle', 'msgpack' (each also "
+        "sets the unpacker) or the import name of a callable returning bytes.",
     )
-    unpacker = Unicode(
-        "json", config=True, help="Deserializer for message parts: 'json' or an import name."
+    unpacker = DottedObjectName(
+        _DEFAULT_PACKER,
+        config=True,
+        help="Deserializer of message parts; only needed with a custom packer.",
     )
-    pack = AnyTrait(json_packer)
-    unpack = AnyTrait(json_unpacker)
+    pack = CallableTrait(orjson_packer if has_orjson else json_packer)
+    unpack = CallableTrait(orjson_unpacker if has_orjson else json_unpacker)
 
     session = CUnicode("", config=True, help="The id identifying this session.")
     bsession = CBytes(b"")
@@ -145,6 +319,9 @@ class Session(Configurable):
         os.environ.get("USER", "username"), config=True, help="Username written into headers."
     )
     metadata = Dict({}, config=True, help="Default top-level metadata of every message.")
+
+    # The major protocol version sent messages are adapted to; 0: no adapting.
+    adapt_version = Integer(0)
 
     key = SecretBytes(config=True, help="HMAC key for signing messages (empty: unsigned).")
     keyfile = Unicode("", config=True, help="File holding the HMAC key.")
@@ -163,14 +340,27 @@ class Session(Configurable):
     copy_threshold = Integer(
         2**16, config=True, help="Buffers larger than this (bytes) are sent without copying."
     )
+    buffer_threshold = Integer(
+        MAX_BYTES,
+        config=True,
+        help="Threshold (bytes) beyond which an object's buffer is sent apart rather than "
+        "pickled (kept for jupyter_client's serialization helpers).",
+    )
+    item_threshold = Integer(
+        MAX_ITEMS,
+        config=True,
+        help="Containers with more items than this are pickled whole rather than "
+        "introspected (kept for jupyter_client's serialization helpers).",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._digest_order: deque[bytes] = deque(self.digest_history)
         self._check_packers()
         self.none = self.pack({})
-        # Touch the id so that bsession is set from the default.
-        _ = self.session
+        # Touch the id so that bsession (and the id's message counter) is set
+        # from the default.
+        self._counter = _counter_for(self.session)
         self.pid = os.getpid()
         self._new_auth()
         if not self.key:
@@ -192,6 +382,7 @@ class Session(Configurable):
     @observe("session")
     def _session_changed(self, change: Any) -> None:
         self.bsession = self.session.encode("ascii")
+        self._counter = _counter_for(self.session)
 
     @default("key")
     def _key_default(self) -> bytes:
@@ -231,12 +422,27 @@ class Session(Configurable):
 
     @observe("packer", "unpacker")
     def _packer_changed(self, change: Any) -> None:
+        # A serializer's name sets both ends (packer and unpacker alike); an
+        # import name sets only the end it names. As in jupyter_client, a name
+        # whose library is missing ('msgpack') is imported, and fails as such,
+        # while 'orjson' without orjson means json.
         name = str(change["new"])
-        if name.lower() == "json":
-            self.pack, self.unpack = json_packer, json_unpacker
+        kind = name.lower()
+        pair: tuple[Callable[..., Any], Callable[..., Any]]
+        if kind == "orjson" and has_orjson:
+            pair = (orjson_packer, orjson_unpacker)
+        elif kind in ("json", "orjson"):
+            pair = (json_packer, json_unpacker)
+        elif kind == "pickle":
+            pair = (pickle_packer, pickle_unpacker)
+        elif kind == "msgpack" and has_msgpack:
+            pair = (msgpack_packer, msgpack_unpacker)
+        else:
+            func = import_item(name)
+            self.set_trait("pack" if change["name"] == "packer" else "unpack", func)
             return
-        func = import_item(name)
-        self.set_trait("pack" if change["name"] == "packer" else "unpack", func)
+        self.pack, self.unpack = pair
+        self.packer = self.unpacker = name
 
     def _new_auth(self) -> None:
         digest: Any = self.digest_mod
@@ -249,15 +455,23 @@ class Session(Configurable):
         try:
             packed = pack(sample)
         except Exception as e:
-            raise ValueError(f"packer {self.packer!r} cannot serialize a simple message") from e
+            raise ValueError(
+                f"packer {self.packer!r} could not serialize a simple message: {e}"
+            ) from e
         if not isinstance(packed, bytes):
-            raise ValueError(f"packer {self.packer!r} returned {type(packed).__name__}, not bytes")
+            raise ValueError(f"message packed to {type(packed)!r}, but bytes are required")
         try:
             back = unpack(packed)
         except Exception as e:
-            raise ValueError(f"unpacker {self.unpacker!r} cannot read {self.packer!r}") from e
+            raise ValueError(
+                f"unpacker {self.unpacker!r} could not handle output from packer "
+                f"{self.packer!r}: {e}"
+            ) from e
         if back != sample:
-            raise ValueError(f"unpacker {self.unpacker!r} is not the inverse of {self.packer!r}")
+            raise ValueError(
+                f"unpacker {self.unpacker!r} could not handle output from packer "
+                f"{self.packer!r}: it is not the packer's inverse"
+            )
         try:
             dated = unpack(pack({"t": utcnow()}))
             dates_ok = not isinstance(dated["t"], datetime)
@@ -278,20 +492,33 @@ class Session(Configurable):
             Same key, scheme, id and settings; replay state is not shared.
         """
         new = type(self)(key=self.key, signature_scheme=self.signature_scheme)
-        for name in self.traits():
-            if name not in ("digest_history", "auth"):
-                setattr(new, name, getattr(self, name))
+        names = [n for n in self.traits() if n not in ("digest_history", "auth", "pack", "unpack")]
+        # The callables last: setting packer/unpacker resets them.
+        for name in [*names, "pack", "unpack"]:
+            setattr(new, name, getattr(self, name))
         new.digest_history = set(self.digest_history)
         new._digest_order = deque(self._digest_order)
         new._new_auth()
         return new
 
     @property
+    def message_count(self) -> int:
+        """The number of the next message id: how many ids were made with this session id.
+
+        Shared by every Session with the same id in this process (a clone,
+        one made with ``session=...``), so that they never make the same id;
+        a new Session (a new id) starts at 0, as in jupyter_client.
+        """
+        return self._counter.value
+
+    @message_count.setter
+    def message_count(self, value: int) -> None:
+        self._counter.value = int(value)
+
+    @property
     def msg_id(self) -> str:
-        """A new message id, unique within this process (clones included)."""
-        # One process-wide counter: clones share the session id, and next() on
-        # itertools.count is atomic, so threads never mint the same id.
-        return f"{self.session}_{os.getpid()}_{next(_MSG_COUNTER)}"
+        """A new message id, ``<session>_<pid>_<message_count>``, unique in this process."""
+        return f"{self.session}_{os.getpid()}_{self._counter.take()}"
 
     def msg_header(self, msg_type: str) -> dict[str, Any]:
         """Return a new header for a message of ``msg_type``."""
@@ -398,7 +625,7 @@ class Session(Configurable):
     def send(
         self,
         stream: zmq.Socket[Any] | None,
-        msg_or_type: dict[str, Any] | str,
+        msg_or_type: dict[str, Any] | Message | str,
         content: dict[str, Any] | None = None,
         parent: dict[str, Any] | None = None,
         ident: bytes | list[bytes] | None = None,
@@ -413,8 +640,8 @@ class Session(Configurable):
         ----------
         stream : zmq.Socket or None
             Where to send; None only builds the message.
-        msg_or_type : dict or str
-            A message dict, or the msg_type of a new message.
+        msg_or_type : dict, Message or str
+            A message, or the msg_type of a new message.
         content, parent, header, metadata : optional
             Used when building a new message.
         ident : bytes or list of bytes, optional
@@ -429,6 +656,8 @@ class Session(Configurable):
         dict or None
             The message sent (with a ``tracker`` key), or None from a forked child.
         """
+        if isinstance(msg_or_type, Message):
+            msg_or_type = _message_dict(msg_or_type)
         if isinstance(msg_or_type, dict):
             msg = msg_or_type
             buffers = buffers or msg.get("buffers", [])
@@ -447,6 +676,8 @@ class Session(Configurable):
                 raise TypeError(f"buffer {idx} does not support the buffer protocol") from e
             if not view.contiguous:
                 raise ValueError(f"buffer {idx} is not contiguous")
+        if self.adapt_version:
+            msg = adapt(msg, self.adapt_version)
         frames: list[Any] = self.serialize(msg, ident)
         frames.extend(buffers)
         copy = max(memoryview(f).nbytes for f in frames) < self.copy_threshold
@@ -578,7 +809,9 @@ class Session(Configurable):
         Returns
         -------
         dict
-            header, msg_id, msg_type, parent_header, metadata, content, buffers.
+            header, msg_id, msg_type, parent_header, metadata, content, buffers;
+            adapted to the current protocol version (a message without a
+            header version is a version 4 message).
 
         Raises
         ------
@@ -621,4 +854,72 @@ class Session(Configurable):
         message["buffers"] = buffers
         if self.debug:
             log.debug("received %s %s", message["msg_type"], message["msg_id"])
-        return message
+        return adapt(message)
+
+    def unserialize(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Deprecated name of :meth:`deserialize`."""
+        warnings.warn(
+            "Session.unserialize is deprecated. Use Session.deserialize.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.deserialize(*args, **kwargs)
+
+
+class SessionFactory(LoggingConfigurable):
+    """Base of configurables that have a Session, a zmq Context, a logger and an IOLoop.
+
+    Keyword arguments that are Session settings (``key``, ``signature_scheme``,
+    ``username``, ...) make the Session, unless one is given as ``session``.
+    """
+
+    logname = Unicode("")
+
+    @observe("logname")
+    def _logname_changed(self, change: Any) -> None:
+        self.log = logging.getLogger(change["new"])
+
+    context = Instance("zmq.Context")
+
+    @default("context")
+    def _context_default(self) -> zmq.Context[Any]:
+        # A context of its own, as in jupyter_client: destroying it touches no one else.
+        return zmq.Context()
+
+    session = Instance(Session, allow_none=True)
+
+    # A tornado IOLoop; tornado is imported only when the loop is used.
+    loop = AnyTrait()
+
+    @default("loop")
+    def _loop_default(self) -> Any:
+        from tornado.ioloop import IOLoop
+
+        return IOLoop.current()
+
+    @validate("loop")
+    def _validate_loop(self, proposal: Any) -> Any:
+        from tornado.ioloop import IOLoop
+
+        if not isinstance(proposal["value"], IOLoop):
+            raise TraitError(
+                f"The 'loop' trait of {type(self).__name__} must be a tornado IOLoop, "
+                f"not {type(proposal['value']).__name__}"
+            )
+        return proposal["value"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Session settings go to the Session only: passed on to traitlets as
+        # unknown arguments they would be repeated in a warning, key included.
+        session_names = set(Session.class_trait_names())
+        settings = {k: v for k, v in kwargs.items() if k in session_names and not self.has_trait(k)}
+        super().__init__(**{k: v for k, v in kwargs.items() if k not in settings})
+        if self.session is None:
+            inherited = {k: kwargs[k] for k in ("parent", "config") if k in kwargs}
+            self.session = Session(**inherited, **settings)
+        elif settings:
+            warnings.warn(
+                f"{type(self).__name__}: a session was given, so the Session settings "
+                f"{', '.join(sorted(settings))} are ignored",
+                stacklevel=2,
+            )
