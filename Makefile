@@ -48,6 +48,7 @@ demo: build
 bench: build
 	$(PY) benches/bench_connect.py
 	$(PY) benches/bench_ports.py
+	$(PY) benches/bench_reader.py
 	$(PY) benches/bench_kernels.py
 	$(PY) benches/bench_ssh.py
 	$(PY) benches/bench_cli.py

@@ -7,14 +7,19 @@
 //! the old file or the whole new one, and the key is never readable by others.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::json::{dumps, Value};
+use crate::json::{dumps, Text, Value};
+
+/// The largest connection file read, in bytes. A real one is a few hundred
+/// bytes; anything past this bound is refused before it is parsed, so a huge
+/// or hostile file costs neither time nor memory.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
 
 /// The five channels, in the order jupyter_client writes them.
 pub const PORT_FIELDS: [&str; 5] = [
@@ -38,15 +43,15 @@ pub struct ConnectionInfo {
     pub curve_publickey: Option<String>,
     pub curve_secretkey: Option<String>,
     /// Extra keys, written after the standard ones in the caller's order.
-    pub extra: Vec<(String, Value)>,
+    pub extra: Vec<(Text, Value)>,
 }
 
 impl ConnectionInfo {
     /// The JSON object, in jupyter_client's key order.
     pub fn to_value(&self) -> Value {
-        let mut entries: Vec<(String, Value)> = Vec::with_capacity(12 + self.extra.len());
+        let mut entries: Vec<(Text, Value)> = Vec::with_capacity(12 + self.extra.len());
         for (name, port) in PORT_FIELDS.iter().zip(self.ports) {
-            entries.push(((*name).to_owned(), Value::Int(port.to_string())));
+            entries.push(((*name).into(), Value::Int(port.to_string())));
         }
         let strings = [
             ("ip", &self.ip),
@@ -56,18 +61,20 @@ impl ConnectionInfo {
             ("kernel_name", &self.kernel_name),
         ];
         for (name, value) in strings {
-            entries.push((name.to_owned(), Value::Str(value.clone())));
+            entries.push((name.into(), Value::Str(value.as_str().into())));
         }
         if let Some(public) = &self.curve_publickey {
-            entries.push(("curve_publickey".into(), Value::Str(public.clone())));
+            entries.push(("curve_publickey".into(), Value::Str(public.as_str().into())));
         }
         if let Some(secret) = &self.curve_secretkey {
-            entries.push(("curve_secretkey".into(), Value::Str(secret.clone())));
+            entries.push(("curve_secretkey".into(), Value::Str(secret.as_str().into())));
         }
         // Like `cfg.update(kwargs)`: an extra key that repeats a standard one
-        // replaces its value in place rather than adding a second entry.
+        // replaces its value in place rather than adding a second entry. Extra
+        // keys come from one dict, so only the standard ones need a look.
+        let standard = entries.len();
         for (key, value) in &self.extra {
-            match entries.iter_mut().find(|(k, _)| k == key) {
+            match entries[..standard].iter_mut().find(|(k, _)| k == key) {
                 Some(slot) => slot.1 = value.clone(),
                 None => entries.push((key.clone(), value.clone())),
             }
@@ -93,7 +100,10 @@ pub fn validate(value: &Value, digests: &[String]) -> Result<()> {
         )));
     };
     for (key, item) in entries {
-        validate_field(key, item, digests)?;
+        // A key with a lone surrogate is no standard field.
+        if let Some(key) = key.as_str() {
+            validate_field(key, item, digests)?;
+        }
     }
     Ok(())
 }
@@ -105,7 +115,10 @@ fn validate_field(key: &str, item: &Value, digests: &[String]) -> Result<()> {
                 Ok(port) if (0..=65_535).contains(&port) => Ok(()),
                 _ => Err(Error::field(
                     key,
-                    format!("port {digits} is out of range: expected 0..65535"),
+                    format!(
+                        "port {} is out of range: expected 0..65535",
+                        shown_number(digits)
+                    ),
                 )),
             },
             other => Err(Error::field(
@@ -120,7 +133,7 @@ fn validate_field(key: &str, item: &Value, digests: &[String]) -> Result<()> {
     let text = match key {
         "ip" | "key" | "transport" | "signature_scheme" | "kernel_name" | "curve_publickey"
         | "curve_secretkey" => match item {
-            Value::Str(text) => text,
+            Value::Str(text) => text.to_string_lossy(),
             other => {
                 return Err(Error::field(
                     key,
@@ -135,10 +148,10 @@ fn validate_field(key: &str, item: &Value, digests: &[String]) -> Result<()> {
             key,
             format!(
                 "unknown transport {}: expected \"tcp\" or \"ipc\"",
-                shown(text)
+                shown(&text)
             ),
         )),
-        "signature_scheme" => check_scheme(text, digests),
+        "signature_scheme" => check_scheme(&text, digests),
         // Only transport and scheme values are ever quoted back; the key and the
         // curve secret are secrets and other strings need no check.
         _ => Ok(()),
@@ -170,24 +183,69 @@ fn check_scheme(scheme: &str, digests: &[String]) -> Result<()> {
     }
 }
 
-/// A non-secret value quoted for a message, cut short so a huge value cannot
-/// flood the error.
+/// How many characters of a value a message may quote.
+const SHOWN_CHARS: usize = 40;
+
+/// A non-secret value quoted for a message, cut short (and its length said)
+/// so a huge value cannot flood the error.
 fn shown(text: &str) -> String {
-    let mut cut: String = text.chars().take(40).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
+    let mut chars = text.chars();
+    let mut cut: String = chars.by_ref().take(SHOWN_CHARS).collect();
+    match chars.count() {
+        0 => format!("{cut:?}"),
+        rest => {
+            cut.push('…');
+            format!("{cut:?} ({} characters)", SHOWN_CHARS + rest)
+        }
     }
-    format!("{cut:?}")
+}
+
+/// An integer's digits for a message, cut short like [`shown`].
+fn shown_number(digits: &str) -> String {
+    const SHOWN_DIGITS: usize = 20;
+    match digits.get(..SHOWN_DIGITS) {
+        Some(head) if digits.len() > SHOWN_DIGITS => {
+            let count = digits.trim_start_matches('-').len();
+            format!("{head}… ({count} digits)")
+        }
+        _ => digits.to_owned(),
+    }
+}
+
+/// Refuse text longer than [`MAX_FILE_BYTES`] before reading it as JSON.
+fn check_size(what: &str, bytes: usize) -> Result<()> {
+    if bytes > MAX_FILE_BYTES {
+        return Err(Error::file(format!(
+            "{what} {bytes} bytes, more than a connection file may have \
+             ({MAX_FILE_BYTES} bytes); refused without parsing it"
+        )));
+    }
+    Ok(())
 }
 
 /// Parse and validate connection-file text.
 pub fn parse(text: &str, digests: &[String]) -> Result<Value> {
-    if text.trim().is_empty() {
+    parse_surrogatepass(text.as_bytes(), digests)
+}
+
+/// [`parse`] for text holding lone surrogates (a Python str that
+/// `str.encode("utf-8", "surrogatepass")` made into bytes), as `json.loads`
+/// reads it.
+pub fn parse_text(text: &Text, digests: &[String]) -> Result<Value> {
+    parse_surrogatepass(text.as_bytes(), digests)
+}
+
+fn parse_surrogatepass(text: &[u8], digests: &[String]) -> Result<Value> {
+    check_size("the text is", text.len())?;
+    if text
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return Err(Error::file(
             "the file is empty (was it read while being written by another tool?)",
         ));
     }
-    let value = crate::jsonparse::parse(text).map_err(|e| {
+    let value = crate::jsonparse::parse_surrogatepass(text).map_err(|e| {
         if e.at_end {
             Error::file(format!("not valid JSON: it ends early ({e}); truncated?"))
         } else {
@@ -198,12 +256,36 @@ pub fn parse(text: &str, digests: &[String]) -> Result<Value> {
     Ok(value)
 }
 
-/// Read, parse and validate the connection file at `path`.
+/// Read, parse and validate the connection file at `path`. A file larger than
+/// [`MAX_FILE_BYTES`] is refused before it is parsed; no more than that bound
+/// (and one byte) is ever read, so a file that grows meanwhile cannot get by.
 pub fn read(path: &Path, digests: &[String]) -> Result<Value> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading connection file", path, e))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| Error::file("not valid UTF-8 text").in_file(path))?;
-    parse(&text, digests).map_err(|e| e.in_file(path))
+    let io_error = |e| Error::io("reading connection file", path, e);
+    let file = File::open(path).map_err(io_error)?;
+    let size = file.metadata().map_err(io_error)?.len();
+    // Lossless: usize is at least 32 bits and the bound is far below 2^32.
+    let bound = MAX_FILE_BYTES as u64;
+    if size > bound {
+        return Err(Error::file(format!(
+            "the file is {size} bytes, more than a connection file may have \
+             ({MAX_FILE_BYTES} bytes); refused without reading it"
+        ))
+        .in_file(path));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
+    file.take(bound + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(Error::file(format!(
+            "the file grew past {MAX_FILE_BYTES} bytes while being read, more than a \
+             connection file may have; refused without parsing it"
+        ))
+        .in_file(path));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::file("not valid UTF-8 text").in_file(path))?;
+    parse(text, digests).map_err(|e| e.in_file(path))
 }
 
 /// Write `info` to `path` atomically and privately, then set the sticky bit on
@@ -390,6 +472,77 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn oversized_files_are_refused_unread_naming_their_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("huge.json");
+        // Sparse: 8 GiB that would take long and much memory to read.
+        File::create(&path)
+            .and_then(|f| f.set_len(8 << 30))
+            .expect("sparse file");
+        let message = read(&path, &digests()).expect_err("too big").to_string();
+        assert!(message.contains("8589934592 bytes"), "{message}");
+        assert!(message.len() < 200 + path.as_os_str().len(), "{message}");
+
+        let mut text = String::from("{\"extra\": \"");
+        text.push_str(&"x".repeat(MAX_FILE_BYTES));
+        text.push_str("\"}");
+        let message = parse(&text, &digests()).expect_err("too big").to_string();
+        assert!(
+            message.contains(&format!("{} bytes", text.len())),
+            "{message}"
+        );
+        let exactly = format!("{{\"extra\": \"{}\"}}", "x".repeat(MAX_FILE_BYTES - 13));
+        assert_eq!(exactly.len(), MAX_FILE_BYTES);
+        assert!(parse(&exactly, &digests()).is_ok());
+    }
+
+    #[test]
+    fn a_file_that_grows_while_read_stops_at_the_bound() {
+        // /dev/zero says it is empty and never ends.
+        let message = read(Path::new("/dev/zero"), &digests())
+            .expect_err("endless")
+            .to_string();
+        assert!(message.contains("grew past"), "{message}");
+    }
+
+    #[test]
+    fn messages_quote_short_excerpts_only() {
+        let long_port = format!(r#"{{"shell_port": {}}}"#, "7".repeat(4300));
+        let message = parse(&long_port, &digests())
+            .expect_err("range")
+            .to_string();
+        assert!(message.contains("(4300 digits)"), "{message}");
+        assert!(message.len() < 200, "{message}");
+        let long_port = format!(r#"{{"shell_port": -{}}}"#, "7".repeat(4301));
+        let message = parse(&long_port, &digests())
+            .expect_err("digits")
+            .to_string();
+        assert!(message.contains("4301 digits"), "{message}");
+        assert!(message.len() < 200, "{message}");
+        let transport = format!(r#"{{"transport": "{}"}}"#, "t".repeat(100_000));
+        let message = parse(&transport, &digests())
+            .expect_err("transport")
+            .to_string();
+        assert!(message.contains("(100000 characters)"), "{message}");
+        assert!(message.len() < 200, "{message}");
+    }
+
+    #[test]
+    fn surrogate_keys_and_values_are_read() {
+        let text = Text::from_surrogatepass(
+            b"{\"\xed\xa0\x80\": 1, \"kernel_name\": \"\\udfff\", \"transport\": \"\\ud800\"}"
+                .to_vec(),
+        )
+        .expect("surrogatepass");
+        let err = parse_text(&text, &digests()).expect_err("transport");
+        assert!(
+            matches!(&err, Error::ConnectionFile { field: Some(f), .. } if f == "transport"),
+            "{err}"
+        );
+        assert!(err.to_string().contains('\u{fffd}'), "{err}");
     }
 
     #[test]

@@ -20,18 +20,18 @@ pub mod table_file;
 
 #[cfg(feature = "python")]
 mod bindings {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
     use pyo3::create_exception;
     use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
     use pyo3::prelude::*;
     use pyo3::sync::PyOnceLock;
-    use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+    use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
     use crate::connfile::{self, ConnectionInfo};
     use crate::error::Error;
-    use crate::json::Value;
+    use crate::json::{Text, Value};
     use crate::ports::{Kind, PortTable};
     use crate::scan;
     use crate::table_file::Access;
@@ -167,7 +167,7 @@ mod bindings {
             return Ok(Value::Float(f.value()));
         }
         if let Ok(s) = obj.cast::<PyString>() {
-            return Ok(Value::Str(s.to_str()?.to_owned()));
+            return Ok(Value::Str(text_of(s)?));
         }
         if let Ok(d) = obj.cast::<PyDict>() {
             let mut entries = Vec::with_capacity(d.len());
@@ -189,20 +189,42 @@ mod bindings {
         )))
     }
 
+    /// A Python str as [`Text`]: lone surrogates kept, as `json.dumps` keeps
+    /// them (it writes each as a `\udXXX` escape).
+    fn text_of(s: &Bound<'_, PyString>) -> PyResult<Text> {
+        if let Ok(utf8) = s.to_str() {
+            return Ok(utf8.into());
+        }
+        let encoded = s.call_method1("encode", ("utf-8", "surrogatepass"))?;
+        let bytes = encoded.cast::<PyBytes>()?.as_bytes().to_vec();
+        Text::from_surrogatepass(bytes)
+            .ok_or_else(|| PyValueError::new_err("a str that surrogatepass cannot encode"))
+    }
+
+    /// [`Text`] as a Python str: `bytes.decode("utf-8", "surrogatepass")`.
+    fn str_of<'py>(py: Python<'py>, text: &Text) -> PyResult<Bound<'py, PyAny>> {
+        match text.as_str() {
+            Some(s) => Ok(PyString::new(py, s).into_any()),
+            None => {
+                PyBytes::new(py, text.as_bytes()).call_method1("decode", ("utf-8", "surrogatepass"))
+            }
+        }
+    }
+
     /// `json.dumps` key coercion: str as is; int, float, bool, None as JSON text.
-    fn key_string(key: &Bound<'_, PyAny>) -> PyResult<String> {
+    fn key_string(key: &Bound<'_, PyAny>) -> PyResult<Text> {
         if let Ok(s) = key.cast::<PyString>() {
-            return Ok(s.to_str()?.to_owned());
+            return text_of(s);
         }
         let value = to_value(key, 0)?;
         match value {
             Value::Null => Ok("null".into()),
             Value::Bool(b) => Ok(if b { "true" } else { "false" }.into()),
-            Value::Int(digits) => Ok(digits),
+            Value::Int(digits) => Ok(digits.into()),
             Value::Float(f) => {
                 let mut s = String::new();
                 crate::json::write_float(&mut s, f);
-                Ok(s)
+                Ok(s.into())
             }
             _ => Err(PyTypeError::new_err(format!(
                 "keys must be str, int, float, bool or None, not {}",
@@ -211,24 +233,58 @@ mod bindings {
         }
     }
 
-    fn to_object<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    /// An integer's digits as a Python int. The reader already refused more
+    /// digits than CPython's default limit; an interpreter set to a lower one
+    /// (`sys.set_int_max_str_digits`) refuses here, as `json.loads` would, with
+    /// a ConnectionFileError that names the file.
+    fn int_of<'py>(
+        py: Python<'py>,
+        digits: &str,
+        path: Option<&Path>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if digits.len() <= 18 {
+            if let Ok(small) = digits.parse::<i64>() {
+                return Ok(small.into_pyobject(py)?.into_any());
+            }
+        }
+        py.get_type::<PyInt>().call1((digits,)).map_err(|_| {
+            let count = digits.trim_start_matches('-').len();
+            let err = Error::file(format!(
+                "an integer of {count} digits: more than this interpreter's \
+                     sys.get_int_max_str_digits() allows"
+            ));
+            to_py(
+                py,
+                match path {
+                    Some(p) => err.in_file(p),
+                    None => err,
+                },
+            )
+        })
+    }
+
+    fn to_object<'py>(
+        py: Python<'py>,
+        value: &Value,
+        path: Option<&Path>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         Ok(match value {
             Value::Null => py.None().into_bound(py),
             Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-            Value::Int(digits) => py.get_type::<PyInt>().call1((digits.as_str(),))?,
+            Value::Int(digits) => int_of(py, digits, path)?,
             Value::Float(f) => PyFloat::new(py, *f).into_any(),
-            Value::Str(s) => PyString::new(py, s).into_any(),
+            Value::Str(text) => str_of(py, text)?,
             Value::List(items) => {
-                let list = PyList::empty(py);
-                for item in items {
-                    list.append(to_object(py, item)?)?;
-                }
-                list.into_any()
+                let objects = items
+                    .iter()
+                    .map(|item| to_object(py, item, path))
+                    .collect::<PyResult<Vec<_>>>()?;
+                PyList::new(py, objects)?.into_any()
             }
             Value::Object(entries) => {
                 let dict = PyDict::new(py);
                 for (k, v) in entries {
-                    dict.set_item(k, to_object(py, v)?)?;
+                    dict.set_item(str_of(py, k)?, to_object(py, v, path)?)?;
                 }
                 dict.into_any()
             }
@@ -345,23 +401,28 @@ mod bindings {
         let value = py
             .detach(|| connfile::read(&path, digests))
             .map_err(|e| to_py(py, e))?;
-        to_object(py, &value)
+        to_object(py, &value, Some(&path))
     }
 
     /// Parse and validate connection-file text (`path` only names it in errors).
+    /// Text with lone surrogates is read as `json.loads` reads it.
     #[pyfunction]
     #[pyo3(signature = (text, path=None))]
     fn parse_connection_info<'py>(
         py: Python<'py>,
-        text: &str,
+        text: &Bound<'py, PyString>,
         path: Option<PathBuf>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let digests = digests(py)?;
-        let value = connfile::parse(text, digests).map_err(|e| match &path {
+        let parsed = match text.to_str() {
+            Ok(utf8) => connfile::parse(utf8, digests),
+            Err(_) => connfile::parse_text(&text_of(text)?, digests),
+        };
+        let value = parsed.map_err(|e| match &path {
             Some(p) => to_py(py, e.in_file(p)),
             None => to_py(py, e),
         })?;
-        to_object(py, &value)
+        to_object(py, &value, path.as_deref())
     }
 
     /// The signature digests accepted as `hmac-<digest>`.
@@ -531,6 +592,7 @@ mod bindings {
         let py = m.py();
         quiet_panics();
         m.add("ConnectionFileError", py.get_type::<ConnectionFileError>())?;
+        m.add("MAX_CONNECTION_FILE_BYTES", connfile::MAX_FILE_BYTES)?;
         m.add_class::<PyPortTable>()?;
         m.add_function(wrap_pyfunction!(format_connection_info, m)?)?;
         m.add_function(wrap_pyfunction!(write_connection_file, m)?)?;

@@ -28,19 +28,30 @@ SETTINGS = settings(
 
 port = st.integers(min_value=1, max_value=65535)
 text = st.text(max_size=30)
+# Any Python str, lone surrogates included: json.dumps writes each as a \udXXX
+# escape and json.loads reads it back, so connection files can carry them.
+# (Drawn as lists of characters: st.text would weigh the 2,048 surrogates by
+# their share of all code points and almost never draw one.)
+any_char = st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+
+
+def any_text(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
+    return st.lists(any_char, min_size=min_size, max_size=max_size).map("".join)
+
+
 scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=False)
-    | text
+    | any_text(30)
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text(30), inner, max_size=4),
     max_leaves=12,
 )
-extra_names = st.text(min_size=1, max_size=12).filter(
+extra_names = any_text(12, min_size=1).filter(
     lambda k: (
         k
         not in {
@@ -87,9 +98,13 @@ def test_bytes_identical_to_jupyter_client(tmp_path: Path, kwargs: dict[str, Any
 @given(kwargs=connection_kwargs())
 def test_round_trip(tmp_path: Path, kwargs: dict[str, Any]) -> None:
     fname, info = write_connection_file(str(tmp_path / "k.json"), **kwargs)
-    assert read_connection_file(fname) == info
-    # Python's own json agrees with what we read back, key order included.
-    assert list(json.loads(Path(fname).read_text())) == list(info)
+    # What Python's own json makes of it: `info` itself, except that a high and
+    # a low surrogate side by side ("\ud800\udc00") come back as one code point.
+    expected = json.loads(json.dumps(info))
+    ours = read_connection_file(fname)
+    assert ours == expected
+    assert list(ours) == list(expected)
+    assert json.loads(Path(fname).read_text()) == expected
 
 
 @SETTINGS
@@ -398,15 +413,25 @@ def test_every_hashlib_digest_jupyter_accepts_is_accepted() -> None:
         _native.parse_connection_info(json.dumps({"signature_scheme": f"hmac-{name}"}))
 
 
-json_with_specials = st.recursive(
+special_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(10**40), max_value=10**40)
+    # Python reads at most 4300 digits (sys.get_int_max_str_digits()).
+    | st.integers(min_value=4290, max_value=4300).map(lambda n: 10**n - 1)
     | st.floats()  # NaN and the infinities included: json.dumps writes them
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    | any_text(20)
+)
+json_with_specials = st.recursive(
+    special_scalars
+    # Objects with many keys, as leaves so that max_leaves does not starve them.
+    | st.dictionaries(
+        st.integers(0, 10**6).map(str) | any_text(3),
+        special_scalars,
+        min_size=20,
+        max_size=200,
     ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text(8), inner, max_size=4),
     max_leaves=15,
 )
 
@@ -421,7 +446,7 @@ def test_reader_agrees_with_json_loads(value: Any, indent: int | None) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrsINy \n\\u', max_size=24))
+@given(text=st.text(alphabet='{}[]":,0123456789.eE+-tfnaulrsINy \n\\ubcdD', max_size=24))
 def test_reader_rejects_exactly_what_json_loads_rejects(text: str) -> None:
     try:
         expected = json.loads(text)
@@ -443,3 +468,202 @@ def test_reader_rejects_exactly_what_json_loads_rejects(text: str) -> None:
     else:
         with pytest.raises(ConnectionFileError):
             _native.parse_connection_info(text)
+
+
+# Raw JSON text that json.dumps never writes: repeated keys, escapes of lone
+# surrogates and of pairs, \u escapes that are not four hex digits, integers on
+# both sides of Python's 4300-digit limit.
+string_escapes = st.sampled_from(
+    [
+        "\\ud800",
+        "\\udbff",
+        "\\udc00",
+        "\\udfff",
+        "\\ud83d\\ude00",
+        "\\ude00\\ud83d",
+        "\\ud800\\ud800",
+        "\\ud800\\u0041",
+        "\\u00e9",
+        "\\u00AF",
+        "\\n",
+        "\\/",
+        "\\u+041",
+        "\\u-041",
+        "\\u 041",
+        "\\u041",
+        "\\ud800\\u+c00",
+        "\\ud800\\uzzzz",
+        "\\x41",
+    ]
+)
+raw_strings = st.lists(
+    string_escapes | st.lists(any_char.filter(lambda c: c not in '"\\'), max_size=3).map("".join),
+    max_size=4,
+).map(lambda parts: '"' + "".join(parts) + '"')
+raw_ints = st.builds(
+    lambda sign, digits: sign + "1" * digits,
+    st.sampled_from(["", "-"]),
+    st.integers(1, 20) | st.integers(4295, 4305),
+)
+raw_scalars = (
+    raw_strings | raw_ints | st.sampled_from(["null", "true", "NaN", "-Infinity", "1.5e3"])
+)
+raw_keys = raw_strings | st.sampled_from(['"a"', '"b"', '"\\u0061"', '"\\ud800"', '"\\udc00"'])
+
+
+@st.composite
+def raw_objects(draw: st.DrawFn) -> str:
+    entries = draw(st.lists(st.tuples(raw_keys, raw_scalars | raw_objects()), max_size=6))
+    return "{" + ", ".join(f"{key}: {value}" for key, value in entries) + "}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=raw_objects())
+def test_reader_agrees_with_json_loads_on_raw_text(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:  # JSONDecodeError, or more digits than int() reads
+        with pytest.raises(ConnectionFileError) as caught:
+            _native.parse_connection_info(text)
+        assert len(str(caught.value)) < 200
+        return
+    assert json.dumps(_native.parse_connection_info(text)) == json.dumps(expected)
+
+
+# Direct tests of the reader's bounds (issue 9).
+
+
+def _best_of(runs: int, fn: Any) -> float:
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_many_distinct_keys_read_in_linear_time(tmp_path: Path) -> None:
+    # 100,000 keys in 0.99 MB: under the size bound, and 7 s for a reader that
+    # searches the keys read so far for each new one.
+    text = json.dumps(dict.fromkeys(map(str, range(100_000)), 0), separators=(",", ":"))
+    assert len(text) < _native.MAX_CONNECTION_FILE_BYTES
+    path = tmp_path / "keys.json"
+    path.write_text(text)
+    assert read_connection_file(path) == json.loads(text)
+    theirs = _best_of(3, lambda: json.loads(text))
+    ours = _best_of(3, lambda: read_connection_file(path))
+    # A generous factor: linear readers differ by a small constant, a
+    # quadratic one by hundreds.
+    assert ours < 25 * theirs + 0.1, (ours, theirs)
+
+
+def test_duplicate_keys_keep_first_position_and_last_value() -> None:
+    text = '{"x": 1, "y": 2, "x": 3, "\\u0078": 4, "z": 5, "y": 6}'
+    ours = _native.parse_connection_info(text)
+    assert list(ours.items()) == list(json.loads(text).items()) == [("x", 4), ("y", 6), ("z", 5)]
+
+
+def test_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    bound = _native.MAX_CONNECTION_FILE_BYTES
+    assert bound == 1 << 20
+    # 2 MiB of distinct keys (slow for a quadratic reader), broken at the end:
+    # the size is refused before any of it is parsed.
+    entries = []
+    size = 0
+    i = 0
+    while size < 2 * bound:
+        entry = f'"{i}":{i},'
+        entries.append(entry)
+        size += len(entry)
+        i += 1
+    path = tmp_path / "big.json"
+    path.write_text("{" + "".join(entries) + "broken")
+    total = path.stat().st_size
+    with pytest.raises(ConnectionFileError) as caught:
+        read_connection_file(path)
+    message = str(caught.value)
+    assert f"{total} bytes" in message
+    assert "not valid JSON" not in message
+    assert caught.value.path == str(path)
+    assert len(message) < 200 + len(str(path))
+
+    # Sparse: 64 MiB that would all be read before a parser saw its first byte.
+    sparse = tmp_path / "sparse.json"
+    with sparse.open("wb") as f:
+        f.truncate(64 << 20)
+    with pytest.raises(ConnectionFileError, match=f"{64 << 20} bytes"):
+        read_connection_file(sparse)
+
+    # Text handed over from Python is held to the same bound.
+    text = json.dumps({"extra": "x" * (2 * bound)})
+    with pytest.raises(ConnectionFileError, match=f"{len(text)} bytes"):
+        _native.parse_connection_info(text)
+    at_bound = json.dumps({"extra": "x" * (bound - 13)})
+    assert len(at_bound) == bound
+    assert _native.parse_connection_info(at_bound) == json.loads(at_bound)
+
+
+def test_huge_port_gives_a_short_message(tmp_path: Path) -> None:
+    path = tmp_path / "port.json"
+    path.write_text('{"shell_port": ' + "1" * 10**7 + "}")
+    with pytest.raises(ConnectionFileError) as caught:
+        read_connection_file(path)
+    assert len(str(caught.value)) < 200 + len(str(path))
+    # Within the size bound: a port of 4,300 digits (the most Python reads).
+    with pytest.raises(ConnectionFileError) as caught:
+        _native.parse_connection_info('{"shell_port": ' + "1" * 4300 + "}")
+    assert caught.value.field == "shell_port"
+    assert "(4300 digits)" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("escape", ["\\u+041", "\\u-041", "\\u 041", "\\u004", "\\ud800\\u+c00"])
+def test_unicode_escapes_need_four_hex_digits(escape: str) -> None:
+    text = '{"a": "' + escape + '"}'
+    with pytest.raises(ValueError, match="Invalid"):
+        json.loads(text)
+    with pytest.raises(ConnectionFileError, match="escape"):
+        _native.parse_connection_info(text)
+
+
+def test_lone_surrogates_are_read_and_round_trip(tmp_path: Path) -> None:
+    text = '{"a": "\\ud800", "\\udc00k": ["x\\udfff\\ud83d\\ude00", "\\ud800\\u0041"]}'
+    expected = json.loads(text)
+    assert expected == {"a": "\ud800", "\udc00k": ["x\udfff\U0001f600", "\ud800A"]}
+    assert _native.parse_connection_info(text) == expected
+    # Literal surrogates in the text, as json.loads also takes them.
+    literal = '{"a": "\ud800", "\udc00": 1}'
+    assert _native.parse_connection_info(literal) == json.loads(literal)
+    # Written back exactly as json.dumps writes them, and read again.
+    fname, info = write_connection_file(str(tmp_path / "k.json"), **expected)
+    written = Path(fname).read_text()
+    assert '"a": "\\ud800"' in written
+    assert '"\\udc00k": [\n    "x\\udfff\\ud83d\\ude00"' in written
+    assert read_connection_file(fname) == info
+    assert {k: info[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("digits", [4301, 5000])
+def test_integers_beyond_pythons_limit_are_connection_file_errors(digits: int) -> None:
+    text = '{"extra": [1, -' + "7" * digits + "]}"
+    with pytest.raises(ValueError, match="4300"):
+        json.loads(text)
+    with pytest.raises(ConnectionFileError) as caught:
+        _native.parse_connection_info(text)
+    assert f"{digits} digits" in str(caught.value)
+    assert len(str(caught.value)) < 200
+
+
+def test_a_lower_interpreter_int_limit_is_a_connection_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "k.json"
+    path.write_text('{"extra": ' + "7" * 1000 + "}")
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)
+    try:
+        with pytest.raises(ValueError, match="640"):
+            json.loads(path.read_text())
+        with pytest.raises(ConnectionFileError, match="1000 digits") as caught:
+            read_connection_file(path)
+        assert caught.value.path == str(path)
+    finally:
+        sys.set_int_max_str_digits(before)

@@ -6,6 +6,7 @@ from typing import Any, final
 _Path = str | PathLike[str]
 
 __all__ = [
+    "MAX_CONNECTION_FILE_BYTES",
     "ConnectionFileError",
     "PortTable",
     "clock_seconds",
@@ -21,6 +22,9 @@ __all__ = [
     "write_connection_file",
     "write_private_atomic",
 ]
+
+# The largest connection file read (1 MiB); larger ones are refused unparsed.
+MAX_CONNECTION_FILE_BYTES: int
 
 class ConnectionFileError(ValueError):
     """A connection file or connection info is invalid; ``path``/``field`` say where."""
