@@ -340,18 +340,20 @@ mod bindings {
         curve_secretkey: Option<String>,
         extra: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<String> {
-        let info = build_info(
-            ports,
-            ip,
-            key,
-            transport,
-            signature_scheme,
-            kernel_name,
-            curve_publickey,
-            curve_secretkey,
-            extra,
-        )?;
-        info.to_json(digests(py)?).map_err(|e| to_py(py, e))
+        guarded(|| {
+            let info = build_info(
+                ports,
+                ip,
+                key,
+                transport,
+                signature_scheme,
+                kernel_name,
+                curve_publickey,
+                curve_secretkey,
+                extra,
+            )?;
+            info.to_json(digests(py)?).map_err(|e| to_py(py, e))
+        })
     }
 
     /// Validate and write a connection file atomically (0600, temp + rename).
@@ -371,37 +373,43 @@ mod bindings {
         curve_secretkey: Option<String>,
         extra: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let info = build_info(
-            ports,
-            ip,
-            key,
-            transport,
-            signature_scheme,
-            kernel_name,
-            curve_publickey,
-            curve_secretkey,
-            extra,
-        )?;
-        let digests = digests(py)?;
-        py.detach(|| connfile::write(&path, &info, digests))
-            .map_err(|e| to_py(py, e))
+        guarded(|| {
+            let info = build_info(
+                ports,
+                ip,
+                key,
+                transport,
+                signature_scheme,
+                kernel_name,
+                curve_publickey,
+                curve_secretkey,
+                extra,
+            )?;
+            let digests = digests(py)?;
+            py.detach(|| connfile::write(&path, &info, digests))
+                .map_err(|e| to_py(py, e))
+        })
     }
 
     /// Write bytes atomically and privately (0600, temp + rename).
     #[pyfunction]
     fn write_private_atomic(py: Python<'_>, path: PathBuf, data: Vec<u8>) -> PyResult<()> {
-        py.detach(|| connfile::write_atomic(&path, &data))
-            .map_err(|e| to_py(py, e))
+        guarded(|| {
+            py.detach(|| connfile::write_atomic(&path, &data))
+                .map_err(|e| to_py(py, e))
+        })
     }
 
     /// Read, parse and validate a connection file; a dict in file order.
     #[pyfunction]
     fn read_connection_file<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
-        let digests = digests(py)?;
-        let value = py
-            .detach(|| connfile::read(&path, digests))
-            .map_err(|e| to_py(py, e))?;
-        to_object(py, &value, Some(&path))
+        guarded(|| {
+            let digests = digests(py)?;
+            let value = py
+                .detach(|| connfile::read(&path, digests))
+                .map_err(|e| to_py(py, e))?;
+            to_object(py, &value, Some(&path))
+        })
     }
 
     /// Parse and validate connection-file text (`path` only names it in errors).
@@ -413,34 +421,48 @@ mod bindings {
         text: &Bound<'py, PyString>,
         path: Option<PathBuf>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let digests = digests(py)?;
-        let parsed = match text.to_str() {
-            Ok(utf8) => connfile::parse(utf8, digests),
-            Err(_) => connfile::parse_text(&text_of(text)?, digests),
-        };
-        let value = parsed.map_err(|e| match &path {
-            Some(p) => to_py(py, e.in_file(p)),
-            None => to_py(py, e),
-        })?;
-        to_object(py, &value, path.as_deref())
+        guarded(|| {
+            let digests = digests(py)?;
+            let parsed = match text.to_str() {
+                Ok(utf8) => connfile::parse(utf8, digests),
+                Err(_) => connfile::parse_text(&text_of(text)?, digests),
+            };
+            let value = parsed.map_err(|e| match &path {
+                Some(p) => to_py(py, e.in_file(p)),
+                None => to_py(py, e),
+            })?;
+            to_object(py, &value, path.as_deref())
+        })
+    }
+
+    /// Check connection info (a dict as a connection file holds it) with the
+    /// same rules as a file being read: the one validator of connection info.
+    /// Raises ConnectionFileError naming the field, never quoting a secret.
+    #[pyfunction]
+    fn validate_connection_info(py: Python<'_>, info: &Bound<'_, PyDict>) -> PyResult<()> {
+        guarded(|| {
+            let digests = digests(py)?;
+            let value = to_value(info.as_any(), 0)?;
+            connfile::validate(&value, digests).map_err(|e| to_py(py, e))
+        })
     }
 
     /// The signature digests accepted as `hmac-<digest>`.
     #[pyfunction]
     fn signature_digests(py: Python<'_>) -> PyResult<Vec<String>> {
-        Ok(digests(py)?.clone())
+        guarded(|| Ok(digests(py)?.clone()))
     }
 
     /// Names in `directory` matching the glob `pattern` (no stat), in directory order.
     #[pyfunction]
-    fn glob_names(py: Python<'_>, directory: PathBuf, pattern: String) -> Vec<String> {
-        py.detach(|| scan::glob_names(&directory, &pattern))
+    fn glob_names(py: Python<'_>, directory: PathBuf, pattern: String) -> PyResult<Vec<String>> {
+        guarded(|| Ok(py.detach(|| scan::glob_names(&directory, &pattern))))
     }
 
     /// `fnmatch.fnmatchcase(name, pattern)`.
     #[pyfunction]
-    fn fnmatch(name: &str, pattern: &str) -> bool {
-        scan::fnmatch(name, pattern)
+    fn fnmatch(name: &str, pattern: &str) -> PyResult<bool> {
+        guarded(|| Ok(scan::fnmatch(name, pattern)))
     }
 
     /// The only match of `pattern` across `directories`, or the newest by atime.
@@ -450,17 +472,21 @@ mod bindings {
         directories: Vec<PathBuf>,
         pattern: String,
     ) -> PyResult<Option<String>> {
-        py.detach(|| scan::find_newest(&directories, &pattern))
-            .map(|found| found.map(|p| p.to_string_lossy().into_owned()))
-            .map_err(|e| to_py(py, e))
+        guarded(|| {
+            py.detach(|| scan::find_newest(&directories, &pattern))
+                .map(|found| found.map(|p| p.to_string_lossy().into_owned()))
+                .map_err(|e| to_py(py, e))
+        })
     }
 
     /// Addresses of the host's interfaces that are up, as strings.
     #[pyfunction]
     fn interface_addresses(py: Python<'_>) -> PyResult<Vec<String>> {
-        py.detach(crate::ifaddrs::interface_addresses)
-            .map(|addrs| addrs.into_iter().map(|a| a.to_string()).collect())
-            .map_err(|e| to_py(py, e))
+        guarded(|| {
+            py.detach(crate::ifaddrs::interface_addresses)
+                .map(|addrs| addrs.into_iter().map(|a| a.to_string()).collect())
+                .map_err(|e| to_py(py, e))
+        })
     }
 
     /// (port, owner pid, protected, lease end) as `PortTable.held` lists them.
@@ -577,8 +603,8 @@ mod bindings {
     /// How many ports the default candidates hold: (above the OS's ephemeral
     /// range, the range's odd ports, its even ports).
     #[pyfunction]
-    fn default_capacity() -> (usize, usize, usize) {
-        crate::ports::default_capacity()
+    fn default_capacity() -> PyResult<(usize, usize, usize)> {
+        guarded(|| Ok(crate::ports::default_capacity()))
     }
 
     /// The clock leases are written in (seconds, shared by all processes).
@@ -593,6 +619,7 @@ mod bindings {
         quiet_panics();
         m.add("ConnectionFileError", py.get_type::<ConnectionFileError>())?;
         m.add("MAX_CONNECTION_FILE_BYTES", connfile::MAX_FILE_BYTES)?;
+        m.add("PORT_NAMES", connfile::PORT_FIELDS.to_vec())?;
         m.add_class::<PyPortTable>()?;
         m.add_function(wrap_pyfunction!(format_connection_info, m)?)?;
         m.add_function(wrap_pyfunction!(write_connection_file, m)?)?;
@@ -600,6 +627,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(read_connection_file, m)?)?;
         m.add_function(wrap_pyfunction!(parse_connection_info, m)?)?;
         m.add_function(wrap_pyfunction!(signature_digests, m)?)?;
+        m.add_function(wrap_pyfunction!(validate_connection_info, m)?)?;
         m.add_function(wrap_pyfunction!(glob_names, m)?)?;
         m.add_function(wrap_pyfunction!(fnmatch, m)?)?;
         m.add_function(wrap_pyfunction!(find_newest, m)?)?;

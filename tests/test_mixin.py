@@ -148,3 +148,23 @@ def test_ipc_cleanup_removes_socket_files(tmp_path: Path) -> None:
     assert not any(os.path.exists(p) for p in paths)
     m.cleanup_connection_file()
     assert not (tmp_path / "kernel-i.json").exists()
+
+
+def test_load_connection_info_uses_the_one_validator() -> None:
+    """Info a connection file could not hold is refused as the file would be,
+    and nothing of it is loaded (it used to go straight into the traits)."""
+    from kernel_connect import ConnectionFileError
+    from kernel_connect.mixin import ConnectionFileMixin
+
+    mixin = ConnectionFileMixin()
+    before = mixin.get_connection_info()
+    for bad, field in [
+        ({"transport": "udp", "shell_port": 5}, "transport"),
+        ({"shell_port": 70000}, "shell_port"),
+        ({"hb_port": "80"}, "hb_port"),
+        ({"signature_scheme": "hmac-nosuchhash"}, "signature_scheme"),
+    ]:
+        with pytest.raises(ConnectionFileError) as err:
+            mixin.load_connection_info(bad)
+        assert err.value.field == field
+        assert mixin.get_connection_info() == before

@@ -7,6 +7,7 @@ _Path = str | PathLike[str]
 
 __all__ = [
     "MAX_CONNECTION_FILE_BYTES",
+    "PORT_NAMES",
     "ConnectionFileError",
     "PortTable",
     "clock_seconds",
@@ -19,12 +20,14 @@ __all__ = [
     "parse_connection_info",
     "read_connection_file",
     "signature_digests",
+    "validate_connection_info",
     "write_connection_file",
     "write_private_atomic",
 ]
 
 # The largest connection file read (1 MiB); larger ones are refused unparsed.
 MAX_CONNECTION_FILE_BYTES: int
+PORT_NAMES: list[str]
 
 class ConnectionFileError(ValueError):
     """A connection file or connection info is invalid; ``path``/``field`` say where."""
@@ -78,6 +81,7 @@ def write_private_atomic(path: _Path, data: bytes) -> None: ...
 def read_connection_file(path: _Path) -> Any: ...
 def parse_connection_info(text: str, path: _Path | None = None) -> Any: ...
 def signature_digests() -> list[str]: ...
+def validate_connection_info(info: dict[str, Any]) -> None: ...
 def glob_names(directory: _Path, pattern: str) -> list[str]: ...
 def fnmatch(name: str, pattern: str) -> bool: ...
 def find_newest(directories: list[_Path] | list[str], pattern: str) -> str | None: ...

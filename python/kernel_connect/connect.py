@@ -38,8 +38,9 @@ KernelConnectionInfo = dict[str, Any]
 #: jupyter_client's ``port_names``: ConnectionFileMixin.ports, and how
 #: kernel-connect shows a kernel's ports (``ls``, ``farm``).
 port_names = [f"{channel}_port" for channel in ("shell", "stdin", "iopub", "hb", "control")]
-#: The order of the ports in a connection file, as jupyter_client writes it.
-PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+#: The order of the ports in a connection file, as jupyter_client writes it:
+#: the core's writer's order, which is its home.
+PORT_NAMES: tuple[str, ...] = tuple(_native.PORT_NAMES)
 #: The order of the tuple ``tunnel_to_kernel`` returns.
 TUNNEL_PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
 
@@ -108,17 +109,33 @@ def write_connection_file(
     """
     if not ip:
         ip = localhost()
-    if transport not in ("tcp", "ipc"):
-        raise _field_error("transport", f'unknown transport {transport!r}: expected "tcp" or "ipc"')
-    ports = [shell_port, iopub_port, stdin_port, control_port, hb_port]
-    for name, port in zip(PORT_NAMES, ports, strict=True):
-        if not isinstance(port, int) or isinstance(port, bool) or port > 65535:
-            raise _field_error(name, f"expected an integer port 0..65535, got {port!r}")
-    # Everything that can be refused is refused before a port is reserved or
-    # a file created, so a refusal leaves nothing behind.
+    given = dict(
+        shell_port=shell_port,
+        iopub_port=iopub_port,
+        stdin_port=stdin_port,
+        control_port=control_port,
+        hb_port=hb_port,
+    )
+    # Everything that can be refused is refused before a port is leased or a
+    # file created, so a refusal leaves nothing behind: secrets decoded first,
+    # then the whole info through the one validator (as a file is read).
     key_text = _text("key", key, "utf-8")
     public = _text("curve_publickey", curve_publickey, "ascii")
     secret = _text("curve_secretkey", curve_secretkey, "ascii")
+    ports = [_port_or_zero(given[name]) for name in PORT_NAMES]
+    checked: KernelConnectionInfo = dict(zip(PORT_NAMES, ports, strict=True))
+    checked.update(
+        ip=ip,
+        key=key_text,
+        transport=transport,
+        signature_scheme=signature_scheme,
+        kernel_name=kernel_name,
+    )
+    if public is not None:
+        checked["curve_publickey"] = public
+    if secret is not None:
+        checked["curve_secretkey"] = secret
+    _native.validate_connection_info({**checked, **kwargs})
     wanted = [i for i, port in enumerate(ports) if port <= 0]
     leased: list[int] = []
     created_temp = False
@@ -169,6 +186,14 @@ def write_connection_file(
         info["curve_secretkey"] = secret
     info.update(kwargs)
     return fname, info
+
+
+def _port_or_zero(port: Any) -> Any:
+    """A negative int port means "choose one", as 0 does; anything else is
+    left for the validator to judge."""
+    if isinstance(port, int) and not isinstance(port, bool) and port < 0:
+        return 0
+    return port
 
 
 def _field_error(field: str, reason: str) -> ConnectionFileError:

@@ -210,7 +210,21 @@ class ConnectionFileMixin(LoggingConfigurable):
         ----------
         info : dict
             Connection info; ``key`` may be str or bytes.
+
+        Raises
+        ------
+        ConnectionFileError
+            If a field is invalid, judged as a connection file's would be
+            (never quoting a secret). Nothing is loaded then.
         """
+        from kernel_connect import _native
+
+        _native.validate_connection_info(
+            {
+                k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                for k, v in info.items()
+            }
+        )
         self.transport = info.get("transport", self.transport)
         self.ip = info.get("ip", self._ip_default())
         self._record_random_port_names()
