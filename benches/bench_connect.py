@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,19 +32,7 @@ os.environ["KERNEL_CONNECT_PORT_TABLE"] = os.path.join(
 import jupyter_client.connect as jc
 
 import kernel_connect.connect as kc
-
-
-def median_us(
-    fn: Callable[[], object], runs: int, after: Callable[[], object] | None = None
-) -> float:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - start)
-        if after is not None:
-            after()
-    return statistics.median(samples) / 1000
+from _timing import median_us
 
 
 def row(name: str, theirs: float, ours: float, target: float, unit: str = "µs") -> bool:

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 # A private table file, so the benchmark neither disturbs nor is disturbed by
@@ -33,6 +32,7 @@ _TABLE_DIR = tempfile.mkdtemp(prefix="kc-bench-ports-")
 os.environ["KERNEL_CONNECT_PORT_TABLE"] = os.path.join(_TABLE_DIR, "ports")
 os.environ["JUPYTER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="kc-bench-runtime-")
 
+from _timing import median_us  # noqa: E402
 from kernel_connect.connect import write_connection_file  # noqa: E402
 from kernel_connect.ports import LocalPortCache  # noqa: E402
 
@@ -49,19 +49,6 @@ HOLDER = textwrap.dedent("""
 """)
 
 TARGET = 1.5
-
-
-def median_us(
-    fn: Callable[[], object], runs: int, after: Callable[[], object] | None = None
-) -> float:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - start)
-        if after is not None:
-            after()
-    return statistics.median(samples) / 1000
 
 
 class Holders:

@@ -172,18 +172,8 @@ def write_connection_file(
                 os.remove(fname)
         raise
     cache.leased_for(leased, fname)
-    info: KernelConnectionInfo = dict(zip(PORT_NAMES, ports, strict=True))
-    info.update(
-        ip=ip,
-        key=key_text,
-        transport=transport,
-        signature_scheme=signature_scheme,
-        kernel_name=kernel_name,
-    )
-    if public is not None:
-        info["curve_publickey"] = public
-    if secret is not None:
-        info["curve_secretkey"] = secret
+    # The validated info, with the ports chosen since (same keys, same order).
+    info: KernelConnectionInfo = {**checked, **dict(zip(PORT_NAMES, ports, strict=True))}
     info.update(kwargs)
     return fname, info
 
