@@ -48,6 +48,9 @@ _EXPORTS: dict[str, str] = {
     "start_new_kernel": "kernel_connect.manager",
     "run_kernel": "kernel_connect.manager",
     "KernelSpec": "kernel_connect.kernelspec",
+    "KernelSpecManager": "kernel_connect.kernelspec",
+    "install_kernel_spec": "kernel_connect.kernelspec",
+    "install_native_kernel_spec": "kernel_connect.kernelspec",
     "NoSuchKernel": "kernel_connect.kernelspec",
     "find_kernel_specs": "kernel_connect.kernelspec",
     "get_kernel_spec": "kernel_connect.kernelspec",
@@ -67,6 +70,7 @@ __all__ = [
     "KernelDiedError",
     "KernelManager",
     "KernelSpec",
+    "KernelSpecManager",
     "KernelStartCancelledError",
     "KernelTimeoutError",
     "LocalPortCache",
@@ -77,6 +81,8 @@ __all__ = [
     "find_kernel_specs",
     "forward_tunnel",
     "get_kernel_spec",
+    "install_kernel_spec",
+    "install_native_kernel_spec",
     "launch_kernel",
     "protocol_version",
     "protocol_version_info",
@@ -107,9 +113,12 @@ if TYPE_CHECKING:
     )
     from kernel_connect.kernelspec import (
         KernelSpec,
+        KernelSpecManager,
         NoSuchKernel,
         find_kernel_specs,
         get_kernel_spec,
+        install_kernel_spec,
+        install_native_kernel_spec,
     )
     from kernel_connect.launcher import launch_kernel
     from kernel_connect.manager import KernelManager, run_kernel, start_new_kernel
