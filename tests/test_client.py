@@ -178,3 +178,64 @@ def test_wait_for_ready_keeps_replies_to_other_requests(kernel: tuple) -> None:
         assert reply["msg_type"] == "execute_reply"
     finally:
         kc.stop_channels()
+
+
+def test_every_request_method_takes_reply_and_timeout(kernel: tuple) -> None:
+    _, kc = kernel
+    run_code(kc, "gamma_delta = 1")
+    replies = {
+        "execute_reply": kc.execute("1 + 1", reply=True, timeout=30),
+        "kernel_info_reply": kc.kernel_info(reply=True, timeout=30),
+        "complete_reply": kc.complete("gamma_d", reply=True, timeout=30),
+        "inspect_reply": kc.inspect("len", reply=True, timeout=30),
+        "history_reply": kc.history(hist_access_type="tail", n=3, reply=True, timeout=30),
+        "comm_info_reply": kc.comm_info(reply=True, timeout=30),
+        "is_complete_reply": kc.is_complete("for x in y:", reply=True, timeout=30),
+    }
+    for msg_type, reply in replies.items():
+        assert isinstance(reply, dict), msg_type  # history(reply=True) once gave a msg_id
+        assert reply["msg_type"] == msg_type
+    assert "gamma_delta" in replies["complete_reply"]["content"]["matches"]
+    assert replies["is_complete_reply"]["content"]["status"] == "incomplete"
+    assert replies["execute_reply"]["content"]["status"] == "ok"
+    # Without a timeout: until the reply comes.
+    assert kc.kernel_info(reply=True)["msg_type"] == "kernel_info_reply"
+
+
+def test_reply_timeout_raises_timeout_error(kernel: tuple) -> None:
+    km, kc = kernel
+    with pytest.raises(TimeoutError):
+        kc.execute("import time; time.sleep(30)", reply=True, timeout=0.2)
+    km.interrupt_kernel()
+    # The interrupted request still replies; drain it so later tests start clean.
+    reply = kc.get_shell_msg(timeout=30)
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+
+def test_shutdown_with_reply_waits_on_control() -> None:
+    km, kc = start_ready_kernel()
+    try:
+        reply = kc.shutdown(reply=True, timeout=30)
+        assert reply["msg_type"] == "shutdown_reply"
+        assert reply["content"]["restart"] is False
+        assert wait_until(lambda: not km.is_alive(), 15)
+    finally:
+        stop_kernel(km, kc)
+
+
+def test_blocking_client_is_a_kernel_client_with_no_thread(kernel: tuple) -> None:
+    import threading
+
+    from kernel_connect.client import KernelClient
+
+    km, _ = kernel
+    before = threading.active_count()
+    kc = km.client()
+    assert isinstance(kc, KernelClient)
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=30)
+        assert result_text(run_code(kc, "'still none'")[1]) == "'still none'"
+        assert threading.active_count() == before
+    finally:
+        kc.stop_channels()

@@ -47,28 +47,38 @@ _EXPORTS: dict[str, str] = {
     "KernelManager": "kernel_connect.manager",
     "start_new_kernel": "kernel_connect.manager",
     "run_kernel": "kernel_connect.manager",
+    "AsyncKernelManager": "kernel_connect.manager",
+    "start_new_async_kernel": "kernel_connect.manager",
+    "KernelRestarter": "kernel_connect.restarter",
     "KernelSpec": "kernel_connect.kernelspec",
-    "KernelSpecManager": "kernel_connect.kernelspec",
-    "install_kernel_spec": "kernel_connect.kernelspec",
-    "install_native_kernel_spec": "kernel_connect.kernelspec",
     "NoSuchKernel": "kernel_connect.kernelspec",
     "find_kernel_specs": "kernel_connect.kernelspec",
     "get_kernel_spec": "kernel_connect.kernelspec",
+    "KernelSpecManager": "kernel_connect.kernelspec",
+    "install_kernel_spec": "kernel_connect.kernelspec",
+    "install_native_kernel_spec": "kernel_connect.kernelspec",
     "KernelDiedError": "kernel_connect.errors",
     "KernelStartCancelledError": "kernel_connect.errors",
     "KernelTimeoutError": "kernel_connect.errors",
     "BlockingKernelClient": "kernel_connect.client",
+    "AsyncKernelClient": "kernel_connect.client",
+    "KernelClient": "kernel_connect.client",
+    "ThreadedKernelClient": "kernel_connect.threaded",
     "ssh_tunnel": "kernel_connect.ssh.tunnel",
     "forward_tunnel": "kernel_connect.ssh.forward",
 }
 
 __all__ = [
+    "AsyncKernelClient",
+    "AsyncKernelManager",
     "BlockingKernelClient",
     "ConnectionFileError",
     "ConnectionFileMixin",
+    "KernelClient",
     "KernelConnectionInfo",
     "KernelDiedError",
     "KernelManager",
+    "KernelRestarter",
     "KernelSpec",
     "KernelSpecManager",
     "KernelStartCancelledError",
@@ -76,6 +86,7 @@ __all__ = [
     "LocalPortCache",
     "NoSuchKernel",
     "Session",
+    "ThreadedKernelClient",
     "__version__",
     "find_connection_file",
     "find_kernel_specs",
@@ -89,6 +100,7 @@ __all__ = [
     "read_connection_file",
     "run_kernel",
     "ssh_tunnel",
+    "start_new_async_kernel",
     "start_new_kernel",
     "tunnel_to_kernel",
     "version_info",
@@ -96,7 +108,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from kernel_connect.client import BlockingKernelClient
+    from kernel_connect.client import AsyncKernelClient, BlockingKernelClient, KernelClient
     from kernel_connect.connect import (
         ConnectionFileError,
         KernelConnectionInfo,
@@ -121,11 +133,19 @@ if TYPE_CHECKING:
         install_native_kernel_spec,
     )
     from kernel_connect.launcher import launch_kernel
-    from kernel_connect.manager import KernelManager, run_kernel, start_new_kernel
+    from kernel_connect.manager import (
+        AsyncKernelManager,
+        KernelManager,
+        run_kernel,
+        start_new_async_kernel,
+        start_new_kernel,
+    )
     from kernel_connect.mixin import ConnectionFileMixin
+    from kernel_connect.restarter import KernelRestarter
     from kernel_connect.session import Session
     from kernel_connect.ssh.forward import forward_tunnel
     from kernel_connect.ssh.tunnel import ssh_tunnel
+    from kernel_connect.threaded import ThreadedKernelClient
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,13 @@
-"""Blocking channels of a kernel client: one zmq socket each, plus the heartbeat."""
+"""Channels of a kernel client: one zmq socket each (blocking or asyncio), plus the heartbeat.
+
+No channel runs a thread: blocking channels wait in the caller's thread, asyncio
+channels in the running loop, and the heartbeat pings on demand.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -19,8 +24,25 @@ from kernel_connect.session import Session
 log = logging.getLogger(__name__)
 
 
-class ZMQSocketChannel:
-    """A blocking channel (shell, iopub, stdin or control) over one zmq socket.
+def blocking_view(socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    """A socket to use with blocking (and non-blocking) calls: ``socket`` itself,
+    or, for a ``zmq.asyncio`` socket, a shadow of it that does not own it.
+
+    The caller keeps closing ``socket`` itself (never the view): an asyncio
+    socket must be closed as such, so that its loop stops watching it.
+    """
+    zmq_asyncio = sys.modules.get("zmq.asyncio")  # not loaded: no asyncio socket exists
+    if zmq_asyncio is not None and isinstance(socket, zmq_asyncio.Socket):
+        view: zmq.Socket[Any] = zmq.Socket.shadow(socket.underlying)
+        return view
+    return socket
+
+
+class SocketChannel:
+    """What the message channels share: one zmq socket, signed messages, read-ahead.
+
+    Reads and sends never wait here; the subclasses add the waiting, blocking
+    (:class:`ZMQSocketChannel`) or awaiting (:class:`AsyncZMQSocketChannel`).
 
     Parameters
     ----------
@@ -28,10 +50,13 @@ class ZMQSocketChannel:
         A connected socket; the channel owns and closes it.
     session : Session
         Signs outgoing and checks incoming messages.
+    loop : object, optional
+        Unused (jupyter_client's signature).
     """
 
-    def __init__(self, socket: zmq.Socket[Any], session: Session) -> None:
+    def __init__(self, socket: zmq.Socket[Any], session: Session, loop: Any = None) -> None:
         self.socket: zmq.Socket[Any] | None = socket
+        self._view: zmq.Socket[Any] | None = blocking_view(socket)
         self.session = session
         # Messages whose replies nobody waits for any more (see ``discard``).
         self._discard_parents: set[str] = set()
@@ -46,21 +71,70 @@ class ZMQSocketChannel:
         """Silently drop future messages that are replies to ``parent_ids``."""
         self._discard_parents |= parent_ids
 
-    def _recv_one(self) -> dict[str, Any] | None:
-        """Read one waiting message; None if it was dropped or unreadable."""
-        assert self.socket is not None
-        try:
-            _, msg = self.session.recv(self.socket, mode=zmq.NOBLOCK)
-        except ValueError as e:
-            # A message we cannot verify (wrong key, replay) is not ours to act on.
-            log.warning("dropping a message that failed verification: %s", e)
-            return None
-        if msg is None:
-            return None
-        parent = msg["parent_header"].get("msg_id")
-        if parent is not None and parent in self._discard_parents:
-            return None
-        return msg
+    def take(self) -> dict[str, Any] | None:
+        """The next message if one is here now (without waiting), else None.
+
+        Messages that fail verification (wrong key, replay) or answer a
+        discarded request are dropped on the way.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        view = self._view
+        if view is None:
+            raise RuntimeError("channel is closed")
+        while True:
+            try:
+                _, msg = self.session.recv(view, mode=zmq.NOBLOCK)
+            except ValueError as e:
+                # A message we cannot verify is not ours to act on.
+                log.warning("dropping a message that failed verification: %s", e)
+                continue
+            if msg is None:
+                return None
+            parent = msg["parent_header"].get("msg_id")
+            if parent is not None and parent in self._discard_parents:
+                continue
+            return msg
+
+    def take_all(self) -> list[dict[str, Any]]:
+        """Every message that is here now."""
+        msgs = []
+        while (msg := self.take()) is not None:
+            msgs.append(msg)
+        return msgs
+
+    def ready_now(self) -> bool:
+        """Whether a message is waiting (read ahead, or on the socket)."""
+        if self._pending:
+            return True
+        return bool(self._view is not None and self._view.poll(0, zmq.POLLIN))
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Sign and send a message dict (as built by ``Session.msg``)."""
+        if self._view is None:
+            raise RuntimeError("channel is closed")
+        self.session.send(self._view, msg)
+
+    def start(self) -> None:
+        """Nothing to start: the socket is connected already (API parity)."""
+
+    def stop(self) -> None:
+        """Close the channel."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (pending outgoing messages linger briefly)."""
+        sock, self.socket, self._view = self.socket, None, None
+        if sock is not None:
+            sock.close()
+
+    def is_alive(self) -> bool:
+        """Whether the channel is open."""
+        return self.socket is not None
+
+
+class ZMQSocketChannel(SocketChannel):
+    """A blocking channel (shell, iopub, stdin or control) over one zmq socket."""
 
     def get_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
         """Return the next message.
@@ -77,63 +151,82 @@ class ZMQSocketChannel:
         queue.Empty
             If no message came in time.
         """
-        if self.socket is None:
-            raise RuntimeError("channel is closed")
-        if self._pending:
-            return self._pending.popleft()
         deadline = None if timeout is None or not block else time.monotonic() + timeout
         while True:
-            if block:
-                if deadline is None:
-                    wait_ms: int | None = None
-                else:
-                    wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            msg = self.take()
+            if msg is not None:
+                return msg
+            if not block:
+                raise Empty
+            if deadline is None:
+                wait_ms: int | None = None
             else:
-                wait_ms = 0
-            if self.socket.poll(wait_ms, zmq.POLLIN):
-                msg = self._recv_one()
-                if msg is not None:
-                    return msg
-                continue
-            raise Empty
+                wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            assert self._view is not None
+            if not self._view.poll(wait_ms, zmq.POLLIN) and wait_ms is not None:
+                if self.ready_now():
+                    continue
+                raise Empty
 
     def get_msgs(self) -> list[dict[str, Any]]:
         """Return every message that is already waiting."""
-        msgs = []
-        while True:
-            try:
-                msgs.append(self.get_msg(block=False))
-            except Empty:
-                return msgs
+        if self.socket is None:
+            raise RuntimeError("channel is closed")
+        return self.take_all()
 
     def msg_ready(self) -> bool:
         """Whether a message is waiting."""
-        if self._pending:
-            return True
-        return bool(self.socket is not None and self.socket.poll(0, zmq.POLLIN))
+        return self.ready_now()
 
-    def send(self, msg: dict[str, Any]) -> None:
-        """Sign and send a message dict (as built by ``Session.msg``)."""
+
+class AsyncZMQSocketChannel(SocketChannel):
+    """A channel over one ``zmq.asyncio`` socket: its waits are coroutines.
+
+    Reads and sends go through a blocking view of the socket and never wait;
+    waiting awaits the socket's readiness in the running loop (no thread).
+
+    Raises
+    ------
+    ValueError
+        If ``socket`` is not a ``zmq.asyncio.Socket``.
+    """
+
+    def __init__(self, socket: zmq.Socket[Any], session: Session, loop: Any = None) -> None:
+        import zmq.asyncio
+
+        if not isinstance(socket, zmq.asyncio.Socket):
+            raise ValueError("AsyncZMQSocketChannel needs a zmq.asyncio socket")
+        super().__init__(socket, session, loop)
+
+    async def get_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
+        """Return the next message (``queue.Empty`` if none came within ``timeout`` s)."""
+        deadline = None if timeout is None or not block else time.monotonic() + timeout
+        while True:
+            msg = self.take()
+            if msg is not None:
+                return msg
+            if not block:
+                raise Empty
+            if deadline is None:
+                wait_ms: int | None = None
+            else:
+                wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            sock: Any = self.socket  # a zmq.asyncio socket: poll is awaitable
+            if sock is None:
+                raise RuntimeError("channel is closed")
+            ready = await sock.poll(wait_ms, zmq.POLLIN)
+            if not ready and wait_ms is not None and not self.ready_now():
+                raise Empty
+
+    async def get_msgs(self) -> list[dict[str, Any]]:
+        """Return every message that is already waiting."""
         if self.socket is None:
             raise RuntimeError("channel is closed")
-        self.session.send(self.socket, msg)
+        return self.take_all()
 
-    def start(self) -> None:
-        """Nothing to start: the socket is connected already (API parity)."""
-
-    def stop(self) -> None:
-        """Close the channel."""
-        self.close()
-
-    def close(self) -> None:
-        """Close the socket (pending outgoing messages linger briefly)."""
-        if self.socket is not None:
-            self.socket.close()
-            self.socket = None
-
-    def is_alive(self) -> bool:
-        """Whether the channel is open."""
-        return self.socket is not None
+    async def msg_ready(self) -> bool:
+        """Whether a message is waiting."""
+        return self.ready_now()
 
 
 class HBChannel:
@@ -211,14 +304,39 @@ class HBChannel:
             if self._socket is None:
                 self._socket = self._connect()
             sock = self._socket
+            view = blocking_view(sock)
             payload = b"ping %f" % time.monotonic()
-            sock.send(payload)
-            if not sock.poll(max(0, int(wait * 1000)), zmq.POLLIN):
+            view.send(payload)
+            if not view.poll(max(0, int(wait * 1000)), zmq.POLLIN):
                 # A REQ socket that missed its reply is stuck: start afresh.
                 sock.close(linger=0)
                 self._socket = None
                 return False
-            return bool(sock.recv() == payload)
+            return bool(view.recv() == payload)
+
+    async def is_beating_async(self, timeout: float | None = None) -> bool:
+        """:meth:`is_beating` for asyncio: the wait for the echo is awaited.
+
+        Each call pings on a socket of its own, so concurrent calls (and a
+        blocking :meth:`is_beating` in another thread) never share a REQ cycle.
+        """
+        import zmq.asyncio
+
+        if self._paused:
+            return True
+        wait = self.time_to_dead if timeout is None else timeout
+        sock = self._connect()
+        try:
+            view = blocking_view(sock)
+            payload = b"ping %f" % time.monotonic()
+            view.send(payload)
+            poller = zmq.asyncio.Poller()
+            poller.register(sock, zmq.POLLIN)
+            if not await poller.poll(max(0, int(wait * 1000))):
+                return False
+            return bool(view.recv() == payload)
+        finally:
+            sock.close(linger=0)
 
 
 class HeartbeatWatch:
@@ -262,6 +380,7 @@ class HeartbeatWatch:
         self.where = where
         self._lock = threading.Lock()
         self._socket: zmq.Socket[Any] | None = None
+        self._view: zmq.Socket[Any] | None = None
         self._payload = b""
         self._sent_at: float | None = None  # when the ping that is out was sent
         self._next_ping = float("-inf")
@@ -289,7 +408,7 @@ class HeartbeatWatch:
 
     def _collect_echo(self, now: float) -> None:
         assert self._sent_at is not None
-        sock = self._socket
+        sock = self._view
         if sock is not None and sock.poll(0, zmq.POLLIN) and sock.recv() == self._payload:
             self.missed = 0
             self._last_echo = now
@@ -307,11 +426,13 @@ class HeartbeatWatch:
     def _ping(self, now: float) -> None:
         if self._socket is None:
             self._socket = self._connect()
+            self._view = blocking_view(self._socket)
+        assert self._view is not None
         self._payload = b"watch %f" % now
         self._sent_at = now
         # Not sent (queue full): it counts as missed, like a ping without an echo.
         with suppress(zmq.Again):
-            self._socket.send(self._payload, zmq.NOBLOCK)
+            self._view.send(self._payload, zmq.NOBLOCK)
 
     def _dead(self, now: float) -> bool:
         if self.missed < self.missed_beats:
@@ -334,9 +455,9 @@ class HeartbeatWatch:
         )
 
     def _close_socket(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        sock, self._socket, self._view = self._socket, None, None
+        if sock is not None:
+            sock.close(linger=0)
 
     def close(self) -> None:
         """Close the socket (a later :meth:`is_alive` opens a new one)."""
@@ -345,4 +466,11 @@ class HeartbeatWatch:
             self._sent_at = None
 
 
-__all__ = ["HBChannel", "HeartbeatWatch", "ZMQSocketChannel"]
+__all__ = [
+    "AsyncZMQSocketChannel",
+    "HBChannel",
+    "HeartbeatWatch",
+    "SocketChannel",
+    "ZMQSocketChannel",
+    "blocking_view",
+]
