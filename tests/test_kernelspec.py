@@ -1002,3 +1002,22 @@ def test_without_a_swap_a_failed_move_puts_the_old_spec_back(
         kernelspec.install_kernel_spec(str(new), "spec", user=True, replace=None)
     assert _tree(dest) == _tree(old)
     assert _kernels_entries(dest.parent) == ["spec"]
+
+
+def test_a_kernel_manager_finds_its_spec_through_its_kernel_spec_manager(tmp_path: Path) -> None:
+    """km.kernel_spec_manager (jupyter_client's trait): a manager of the user's
+    choosing decides which spec a kernel name means."""
+    from kernel_connect.kernelspec import KernelSpecManager
+    from kernel_connect.manager import KernelManager
+
+    spec_dir = tmp_path / "kernels" / "mine"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        '{"argv": ["python", "-c", "pass", "{connection_file}"], "display_name": "Mine", '
+        '"language": "python"}'
+    )
+    km = KernelManager(kernel_name="mine")
+    assert isinstance(km.kernel_spec_manager, KernelSpecManager)
+    km.kernel_spec_manager = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+    assert km.kernel_spec.display_name == "Mine"
+    assert km.kernel_spec.resource_dir == str(spec_dir)

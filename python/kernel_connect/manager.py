@@ -63,6 +63,7 @@ from traitlets import (
     CaselessStrEnum,
     DottedObjectName,
     Float,
+    Instance,
     Integer,
     TraitError,
     Type,
@@ -84,7 +85,7 @@ from kernel_connect.errors import (
 from kernel_connect.kernelspec import (
     NATIVE_KERNEL_NAME,
     KernelSpec,
-    get_kernel_spec,
+    KernelSpecManager,
     substitute_argv,
 )
 from kernel_connect.launcher import launch_kernel
@@ -311,6 +312,17 @@ class KernelManager(ConnectionFileMixin):
     """
 
     kernel_name = Unicode(NATIVE_KERNEL_NAME, config=True, help="Name of the kernel spec.")
+    kernel_spec_manager = Instance(KernelSpecManager)
+    _kernel_spec: KernelSpec | None
+
+    @default("kernel_spec_manager")
+    def _kernel_spec_manager_default(self) -> KernelSpecManager:
+        # As jupyter_client: its own manager, no parent, our data_dir.
+        return KernelSpecManager(data_dir=self.data_dir)
+
+    @observe("kernel_spec_manager")
+    def _kernel_spec_manager_changed(self, change: Any) -> None:
+        self._kernel_spec = None
     kernel_id = Unicode(None, allow_none=True, help="Id of the kernel (default: a new uuid).")
 
     shutdown_wait_time = Float(
@@ -387,7 +399,7 @@ class KernelManager(ConnectionFileMixin):
         self._control_socket: zmq.Socket[Any] | None = None
         self._control_view: zmq.Socket[Any] | None = None
         self._stderr_file: IO[bytes] | None = None
-        self._kernel_spec: KernelSpec | None = None
+        self._kernel_spec = None
         self.exit_code: int | None = None
         #: True from the start of a shutdown until the next start (the restarter looks).
         self.shutting_down = False
@@ -458,7 +470,7 @@ class KernelManager(ConnectionFileMixin):
     def kernel_spec(self) -> KernelSpec:
         """The kernel spec of ``kernel_name`` (raises NoSuchKernel if there is none)."""
         if self._kernel_spec is None:
-            self._kernel_spec = get_kernel_spec(self.kernel_name)
+            self._kernel_spec = self.kernel_spec_manager.get_kernel_spec(self.kernel_name)
         return self._kernel_spec
 
     @property
