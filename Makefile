@@ -52,6 +52,7 @@ bench: build
 	$(PY) benches/bench_kernels.py
 	$(PY) benches/bench_ssh.py
 	$(PY) benches/bench_cli.py
+	$(PY) benches/bench_multikernel.py
 
 clean:
 	rm -rf target $(VENV) python/kernel_connect/*.so

@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "run_kernel": "kernel_connect.manager",
     "AsyncKernelManager": "kernel_connect.manager",
     "start_new_async_kernel": "kernel_connect.manager",
+    "MultiKernelManager": "kernel_connect.multikernelmanager",
+    "AsyncMultiKernelManager": "kernel_connect.multikernelmanager",
     "KernelRestarter": "kernel_connect.restarter",
     "KernelSpec": "kernel_connect.kernelspec",
     "NoSuchKernel": "kernel_connect.kernelspec",
@@ -71,6 +73,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "AsyncKernelClient",
     "AsyncKernelManager",
+    "AsyncMultiKernelManager",
     "BlockingKernelClient",
     "ConnectionFileError",
     "ConnectionFileMixin",
@@ -84,6 +87,7 @@ __all__ = [
     "KernelStartCancelledError",
     "KernelTimeoutError",
     "LocalPortCache",
+    "MultiKernelManager",
     "NoSuchKernel",
     "Session",
     "ThreadedKernelClient",
@@ -141,6 +145,7 @@ if TYPE_CHECKING:
         start_new_kernel,
     )
     from kernel_connect.mixin import ConnectionFileMixin
+    from kernel_connect.multikernelmanager import AsyncMultiKernelManager, MultiKernelManager
     from kernel_connect.restarter import KernelRestarter
     from kernel_connect.session import Session
     from kernel_connect.ssh.forward import forward_tunnel
