@@ -566,3 +566,21 @@ def test_shutdown_while_the_kernel_is_being_launched_cancels_the_start(
     assert not os.path.exists(km.connection_file)
     assert LocalPortCache.instance().table.held() == held_before
     assert km not in manager_module._live_managers
+
+
+def test_a_shutdown_request_that_cannot_be_sent_still_ends_the_kernel() -> None:
+    """The control socket cannot even connect (here an ip nothing resolves;
+    for real, an ipc path longer than a socket path may be): the kernel is
+    terminated instead, and its file and ports are gone. It used to raise
+    ZMQError with the kernel still running and its file and ports held."""
+    km, kc = start_ready_kernel()
+    kc.stop_channels()
+    assert km.kernel is not None
+    pid, ports, path = km.kernel.pid, list(km.ports), km.connection_file
+    km.ip = "no such host"
+    km.shutdown_kernel()
+    assert not km.has_kernel
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not os.path.exists(path)
+    assert not any(LocalPortCache.instance().table.holds(p) for p in ports)

@@ -870,6 +870,26 @@ class KernelManager(ConnectionFileMixin):
         self.log.debug("Kernel is taking too long to finish, killing")
         yield from self._kill_op()
 
+    def _terminate_op(self) -> Operation[None]:
+        """SIGTERM at once, then SIGKILL after half the shutdown wait."""
+        proc = self.kernel
+        if proc is not None:
+            self._signal(proc, signal.SIGTERM)
+        if (yield from self._wait_exit_op(max(self.shutdown_wait_time, 0.0) / 2)):
+            return
+        yield from self._kill_op()
+
+    def _request_shutdown_quietly(self, restart: bool) -> bool:
+        """Ask the kernel on control to shut down. False when the request could
+        not even be sent (the control socket cannot connect): then only signals
+        can end the kernel, and a shutdown must still end it."""
+        try:
+            self._request_shutdown(restart)
+        except (OSError, RuntimeError, zmq.ZMQError) as e:
+            self.log.warning("cannot send the shutdown request (%s): terminating the kernel", e)
+            return False
+        return True
+
     def _shutdown_op(self, now: bool, restart: bool) -> Operation[None]:
         """Stop the kernel: politely (or at once with ``now``), then clean up."""
         self.shutting_down = True
@@ -887,8 +907,10 @@ class KernelManager(ConnectionFileMixin):
                     # As jupyter_client: an interrupt first, so a kernel busy
                     # running code gets back to its loop and can obey the request.
                     self._interrupt_quietly()
-                    self._request_shutdown(restart)
-                    yield from self._finish_shutdown_op(None, restart)
+                    if self._request_shutdown_quietly(restart):
+                        yield from self._finish_shutdown_op(None, restart)
+                    else:
+                        yield from self._terminate_op()
             proc = self.kernel
             if proc is not None and proc.poll() is not None:
                 self._reap()
