@@ -323,6 +323,7 @@ class KernelManager(ConnectionFileMixin):
     @observe("kernel_spec_manager")
     def _kernel_spec_manager_changed(self, change: Any) -> None:
         self._kernel_spec = None
+
     kernel_id = Unicode(None, allow_none=True, help="Id of the kernel (default: a new uuid).")
 
     shutdown_wait_time = Float(
