@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo build lint rust-test py-test bench clean ssh-server
+.PHONY: test demo build lint rust-test py-test bench clean ssh-server upstream
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,8 @@ build: | $(PY)
 lint: build
 	cargo fmt --check
 	cargo clippy --all-targets --all-features -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches upstream
+	$(VENV)/bin/ruff format --check python tests benches upstream
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest kernel_connect._native
 
@@ -41,6 +41,12 @@ py-test: build
 	$(PY) -m pytest -q
 
 test: ssh-server lint rust-test py-test
+
+# Upstream suites (jupyter_client 8.10's and nbclient 0.11's, from their PyPI
+# sdists) run on jupyter_client and on kernel-connect, compared test by test:
+# about 25 minutes, so not part of `make test`. See upstream/README.md.
+upstream: build
+	$(PY) upstream/run.py
 
 demo: build
 	$(VENV)/bin/kernel-connect farm -n 4
