@@ -584,3 +584,19 @@ def test_a_shutdown_request_that_cannot_be_sent_still_ends_the_kernel() -> None:
         os.kill(pid, 0)
     assert not os.path.exists(path)
     assert not any(LocalPortCache.instance().table.holds(p) for p in ports)
+
+
+def test_the_kernel_name_python_means_python3() -> None:
+    """jupyter_client maps "python" to the native "python3"; notebooks naming
+    "python" failed with NoSuchKernel (24 of nbclient's own tests)."""
+    km = KernelManager(kernel_name="python")
+    assert km.kernel_name == "python3"
+    assert km.kernel_spec.language == "python"
+
+
+def test_validate_string_dict_is_importable_from_client() -> None:
+    from kernel_connect.client import validate_string_dict
+
+    validate_string_dict({"a": "b"})
+    with pytest.raises(ValueError):
+        validate_string_dict({"a": 1})

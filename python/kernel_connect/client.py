@@ -45,6 +45,7 @@ from kernel_connect.channels import (
     ZMQSocketChannel,
 )
 from kernel_connect.errors import KernelDeath, KernelDiedError, KernelTimeoutError
+from kernel_connect.jsonutil import validate_string_dict  # noqa: F401 - public, as jupyter_client
 from kernel_connect.mixin import PORT_NAMES, ConnectionFileMixin
 from kernel_connect.session import new_id_bytes
 

@@ -456,6 +456,10 @@ class KernelManager(ConnectionFileMixin):
     @observe("kernel_name")
     def _kernel_name_changed(self, change: Any) -> None:
         self._kernel_spec = None
+        if change["new"] == "python":
+            # As jupyter_client: "python" means the native Python 3 kernel
+            # (notebooks written with that name exist in the wild).
+            self.kernel_name = NATIVE_KERNEL_NAME
 
     @validate("transport_encryption")
     def _validate_encryption(self, proposal: Any) -> str:
