@@ -598,5 +598,5 @@ def test_validate_string_dict_is_importable_from_client() -> None:
     from kernel_connect.client import validate_string_dict
 
     validate_string_dict({"a": "b"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be a string"):
         validate_string_dict({"a": 1})
