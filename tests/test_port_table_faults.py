@@ -216,6 +216,40 @@ def test_a_replaced_file_ends_the_lease_of_the_old_one(tmp_path: Path) -> None:
     assert all(table.holds(second[k]) for k in second if k.endswith("_port"))
 
 
+def test_one_process_cannot_fill_the_host_table_with_leases(table_env: dict[str, str]) -> None:
+    """jupyter_client's own test_ssh.py::test_random_ports leases 40,960 ports
+    in one process, more than the whole table: every call succeeds, the
+    process never has more than MAX_LEASED_PORTS leased ports protected, its
+    oldest lease ends first, and another process still finds ports."""
+    script = """
+        import json
+        from kernel_connect.ports import MAX_LEASED_PORTS, LocalPortCache
+        from kernel_connect.ssh.tunnel import select_random_ports
+        calls = [select_random_ports(10) for _ in range(4096)]
+        assert all(len(set(ports)) == 10 for ports in calls)
+        recent = {p for ports in calls[-(MAX_LEASED_PORTS // 10 + 1):] for p in ports}
+        leased = [port for port, _pid, _alive, _until in LocalPortCache.instance().table.held()]
+        print(json.dumps({
+            "cap": MAX_LEASED_PORTS,
+            "leased": len(leased),
+            "older_still_leased": sorted(set(leased) - recent),
+            "last_still_leased": set(calls[-1]) <= set(leased),
+        }))
+    """
+    out = _run(script, table_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert got["leased"] <= got["cap"] == 4096
+    assert got["older_still_leased"] == [], "the oldest leases end first"
+    assert got["last_still_leased"]
+    other = _run(
+        "from kernel_connect.ports import LocalPortCache;"
+        "print(len(LocalPortCache.instance().reserve('127.0.0.1', 1000)))",
+        table_env,
+    )
+    assert other.returncode == 0 and other.stdout.strip() == "1000", other.stderr[-2000:]
+
+
 # -- faults -----------------------------------------------------------------
 
 

@@ -87,9 +87,11 @@ def write_connection_file(
         lease protects the port for ``LocalPortCache.lease_seconds`` (120 s by
         default; ``KERNEL_CONNECT_LEASE_SECONDS``), long enough for the kernel
         to start and bind it, and ends sooner if this process sees the file
-        deleted or replaced; ``LocalPortCache.instance().return_ports`` ends it
-        at once. With ``transport='ipc'`` they are the N of ``{ip}-N`` socket
-        paths that do not exist yet.
+        deleted or replaced, or once this process has taken
+        ``MAX_LEASED_PORTS`` (4,096) newer leased ports;
+        ``LocalPortCache.instance().return_ports`` ends it at once. With
+        ``transport='ipc'`` they are the N of ``{ip}-N`` socket paths that do
+        not exist yet.
     ip : str
         Address the kernel binds; localhost when empty.
     key : bytes

@@ -17,7 +17,9 @@ directory starts them. A reservation is one of two kinds:
     module-level ``write_connection_file``. Until it ends the port is protected
     exactly as a held one; a kernel that has bound it by then keeps it by the
     OS's own rule. A lease for a connection file also ends as soon as its maker
-    sees that file deleted or replaced.
+    sees that file deleted or replaced, and a process's oldest lease ends early
+    once it has taken :data:`MAX_LEASED_PORTS` newer leased ports, so that no
+    one process can fill the host's table with leases.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ from kernel_connect.paths import TableLocation, port_table_locations
 #: enough for a slow kernel start (nbclient and jupyter_server give a kernel
 #: 60 s to answer), twice over.
 DEFAULT_LEASE_SECONDS = 120
+
+#: How many leased ports one process (one LocalPortCache) keeps protected at
+#: once: past it, its oldest lease ends as a new one is taken. An eighth of
+#: the table's 32,768 default ports, so a runaway loop of select_random_ports
+#: or write_connection_file in one process cannot starve the host's other
+#: users (jupyter_client's own tests take 40,960 ports that way), while a
+#: busy server still gets 819 five-port files protected at once.
+MAX_LEASED_PORTS = 4096
 
 #: How many remembered leases one new lease checks for deleted files: more
 #: than one, so the list shrinks faster than a churning caller grows it.
@@ -79,6 +89,7 @@ class LocalPortCache:
         table: _native.PortTable | None = None,
         port_range: tuple[int, int] | None = None,
         lease_seconds: int | None = None,
+        max_leased_ports: int = MAX_LEASED_PORTS,
     ) -> None:
         self._table = table
         self._table_lock = threading.Lock()
@@ -86,8 +97,14 @@ class LocalPortCache:
         self.lease_seconds = lease_seconds if lease_seconds is not None else _lease_from_env()
         if not isinstance(self.lease_seconds, int) or not 0 < self.lease_seconds < 2**31:
             raise ValueError(f"lease_seconds must be a positive int, not {self.lease_seconds!r}")
+        if not isinstance(max_leased_ports, int) or max_leased_ports < 1:
+            raise ValueError(f"max_leased_ports must be a positive int, not {max_leased_ports!r}")
+        self.max_leased_ports = max_leased_ports
         self._leases: collections.deque[_Lease] = collections.deque()
         self._leases_lock = threading.Lock()
+        # Every port this process leases, oldest first, with when its lease
+        # ends: leases all last lease_seconds, so the order is the end order.
+        self._leased: collections.OrderedDict[int, int] = collections.OrderedDict()
 
     @classmethod
     def instance(cls, *args: Any, **kwargs: Any) -> LocalPortCache:
@@ -150,15 +167,45 @@ class LocalPortCache:
         The ports are protected for ``lease_seconds`` and then end by
         themselves, even if this process has exited. With ``path``, call
         :meth:`leased_for` once that file is written: the lease then also ends
-        as soon as this process sees the file deleted or replaced.
+        as soon as this process sees the file deleted or replaced. Once this
+        process has ``max_leased_ports`` newer leased ports, its oldest lease
+        ends early.
         """
         _check_count(count)
+        if count > self.max_leased_ports:
+            raise ValueError(
+                f"cannot lease {count} ports at once: one process leases at most "
+                f"{self.max_leased_ports}"
+            )
         self._settle_leases()
         table = self._table or self.table
+        self._end_oldest_leases(table, count)
         try:
-            return table.reserve(ip or localhost(), count, self.port_range, self.lease_seconds)
+            ports = table.reserve(ip or localhost(), count, self.port_range, self.lease_seconds)
         finally:
             _warn_notices(table)
+        until = _native.clock_seconds() + self.lease_seconds
+        with self._leases_lock:
+            for port in ports:
+                self._leased[port] = until
+        return ports
+
+    def _end_oldest_leases(self, table: _native.PortTable, count: int) -> None:
+        """Make room for ``count`` leased ports under ``max_leased_ports``,
+        ending this process's oldest leases first (ended ones are just forgotten)."""
+        now = _native.clock_seconds()
+        ending: list[int] = []
+        with self._leases_lock:
+            leased = self._leased
+            while leased:
+                port, until = next(iter(leased.items()))
+                if until > now and len(leased) + count <= self.max_leased_ports:
+                    break
+                del leased[port]
+                if until > now:
+                    ending.append(port)
+        for port in ending:
+            table.release(port)
 
     def leased_for(self, ports: Iterable[int], path: str | os.PathLike[str]) -> None:
         """Tie leased ``ports`` to the connection file at ``path`` (just written)."""
@@ -179,6 +226,7 @@ class LocalPortCache:
         Checks at most a couple per call, round robin, so the cost of a lease
         stays flat however many files this process has written.
         """
+        gone: list[int] = []
         with self._leases_lock:
             if not self._leases:
                 return
@@ -195,12 +243,15 @@ class LocalPortCache:
                 if same:
                     self._leases.append(lease)
                 else:
-                    self.return_ports(lease.ports)
+                    gone.extend(lease.ports)
+        self.return_ports(gone)  # outside the lock: return_port takes it
 
     def return_port(self, port: int) -> None:
         """Give ``port`` back (held or leased). Ports this process does not
         hold are ignored."""
         if isinstance(port, int) and 0 < port < 65536:
+            with self._leases_lock:
+                self._leased.pop(port, None)
             (self._table or self.table).release(port)
 
     def return_ports(self, ports: Iterable[int]) -> None:
@@ -306,4 +357,4 @@ def _release_at_exit() -> None:
         table.release_all()
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "LocalPortCache"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "MAX_LEASED_PORTS", "LocalPortCache"]

@@ -96,7 +96,8 @@ def select_random_ports(n: int) -> list[int]:
     ``LocalPortCache.lease_seconds`` (120 s by default,
     ``KERNEL_CONNECT_LEASE_SECONDS``), long enough to bind them; a bound port
     is then protected by the OS. ``LocalPortCache.instance().return_ports``
-    ends the lease sooner.
+    ends the lease sooner, and so does this process taking
+    ``kernel_connect.ports.MAX_LEASED_PORTS`` (4,096) newer leased ports.
     """
     from kernel_connect.ports import LocalPortCache
 
