@@ -7,7 +7,6 @@ channels in the running loop, and the heartbeat pings on demand.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -19,23 +18,9 @@ from typing import Any
 import zmq
 
 from kernel_connect.errors import KernelDeath
-from kernel_connect.session import Session
+from kernel_connect.session import Session, blocking_view
 
 log = logging.getLogger(__name__)
-
-
-def blocking_view(socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
-    """A socket to use with blocking (and non-blocking) calls: ``socket`` itself,
-    or, for a ``zmq.asyncio`` socket, a shadow of it that does not own it.
-
-    The caller keeps closing ``socket`` itself (never the view): an asyncio
-    socket must be closed as such, so that its loop stops watching it.
-    """
-    zmq_asyncio = sys.modules.get("zmq.asyncio")  # not loaded: no asyncio socket exists
-    if zmq_asyncio is not None and isinstance(socket, zmq_asyncio.Socket):
-        view: zmq.Socket[Any] = zmq.Socket.shadow(socket.underlying)
-        return view
-    return socket
 
 
 class SocketChannel:
@@ -136,15 +121,19 @@ class SocketChannel:
 class ZMQSocketChannel(SocketChannel):
     """A blocking channel (shell, iopub, stdin or control) over one zmq socket."""
 
-    def get_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    def get_msg(self, timeout: float | None = None, *, block: bool = True) -> dict[str, Any]:
         """Return the next message.
+
+        ``timeout`` comes first, as in jupyter_client 8 (``get_msg(5)`` waits
+        five seconds); ``block`` is kept, keyword-only, for callers of the
+        older ``get_msg(block=..., timeout=...)``.
 
         Parameters
         ----------
-        block : bool
-            Wait for one (True) or only take one that is already here.
         timeout : float, optional
-            Seconds to wait at most (None: forever).
+            Seconds to wait at most (None: forever; 0: only a message already here).
+        block : bool
+            False: only take a message that is already here, whatever ``timeout``.
 
         Raises
         ------
@@ -169,7 +158,7 @@ class ZMQSocketChannel(SocketChannel):
                 raise Empty
 
     def get_msgs(self) -> list[dict[str, Any]]:
-        """Return every message that is already waiting."""
+        """Return every message that is already waiting (without waiting for more)."""
         if self.socket is None:
             raise RuntimeError("channel is closed")
         return self.take_all()
@@ -198,8 +187,12 @@ class AsyncZMQSocketChannel(SocketChannel):
             raise ValueError("AsyncZMQSocketChannel needs a zmq.asyncio socket")
         super().__init__(socket, session, loop)
 
-    async def get_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
-        """Return the next message (``queue.Empty`` if none came within ``timeout`` s)."""
+    async def get_msg(self, timeout: float | None = None, *, block: bool = True) -> dict[str, Any]:
+        """Return the next message (``queue.Empty`` if none came within ``timeout`` s).
+
+        The parameters are those of :meth:`ZMQSocketChannel.get_msg`: ``timeout``
+        first, as in jupyter_client 8; ``block`` keyword-only.
+        """
         deadline = None if timeout is None or not block else time.monotonic() + timeout
         while True:
             msg = self.take()
@@ -219,7 +212,7 @@ class AsyncZMQSocketChannel(SocketChannel):
                 raise Empty
 
     async def get_msgs(self) -> list[dict[str, Any]]:
-        """Return every message that is already waiting."""
+        """Return every message that is already waiting (without waiting for more)."""
         if self.socket is None:
             raise RuntimeError("channel is closed")
         return self.take_all()

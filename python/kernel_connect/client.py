@@ -34,7 +34,7 @@ from queue import Empty
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload, runtime_checkable
 
 import zmq
-from traitlets import Bool, Float, Integer, Type
+from traitlets import Bool, Float, Instance, Integer, Type
 
 from kernel_connect._sansio import Operation, drive, drive_async
 from kernel_connect.channels import (
@@ -61,6 +61,9 @@ _IOPUB_GRACE_S = 0.2
 _START_FAILURE_CHECK_S = 0.25
 # Waits poll their sockets this long at most before checking the kernel lives.
 _LIVENESS_SLICE_S = 0.1
+# How long ending the client's own zmq context may wait for queued messages (ms),
+# as jupyter_client's stop_channels: the wait happens in the caller's thread.
+_CONTEXT_END_LINGER_MS = 100
 
 _ReplyT = TypeVar("_ReplyT")
 _ChannelT = TypeVar("_ChannelT")
@@ -177,6 +180,9 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         "before a waiting call counts it as dead.",
     )
 
+    # Whether ``context`` is the client's own, made by its default (see _context_default).
+    _created_context = Bool(False)
+
     # Channel classes, called as cls(socket, session, ioloop) (hb: cls(connect, time_to_dead)).
     shell_channel_class = Type(ZMQSocketChannel, klass=object)
     iopub_channel_class = Type(ZMQSocketChannel, klass=object)
@@ -203,6 +209,41 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         # request. Per client rather than per session id (as jupyter_client
         # does), so two clients of one manager never collide at the ROUTER.
         self.identity = new_id_bytes()
+
+    # -- the zmq context ---------------------------------------------------
+
+    def _context_default(self) -> zmq.Context[Any]:
+        """A context of the client's own, as jupyter_client's clients have.
+
+        Its sockets are then the only ones on it, so the client can end it
+        (:meth:`stop_channels` destroys it), and nothing outside the client
+        waits on its sockets: ``zmq.Context.instance().destroy()`` or ``term()``
+        elsewhere in the process never hangs on an open channel of this client,
+        nor does the client's ``context.term()`` on anyone else's socket. A
+        context passed in (``context=...``) is the caller's, never closed here.
+        """
+        self._created_context = True
+        return zmq.Context()
+
+    def _create_connected_socket(
+        self, channel: str, identity: bytes | None = None
+    ) -> zmq.Socket[Any]:
+        # stop_channels destroyed the context we made; channels opened again
+        # (start_channels after a stop, a reconnect to new ports) get a new one.
+        if self._created_context and self.context.closed:
+            self.context = self._context_default()
+        return super()._create_connected_socket(channel, identity)
+
+    def __del__(self) -> None:
+        # A context we made and nobody ended would be destroyed by pyzmq at
+        # collection with a ResourceWarning ("unclosed context"); end it
+        # quietly, unless channels still use it (as jupyter_client).
+        try:
+            context = self._trait_values.get("context") if self._created_context else None
+            if context is not None and not context.closed and not self.channels_running:
+                context.destroy(linger=_CONTEXT_END_LINGER_MS)
+        except Exception:  # noqa: S110 - half-built object or interpreter shutdown
+            pass
 
     # -- channels ----------------------------------------------------------
 
@@ -235,10 +276,21 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
             cast(Any, self.control_channel).start()
 
     def stop_channels(self) -> None:
-        """Close every open channel."""
+        """Close every open channel, then the zmq context if it is the client's own.
+
+        As in jupyter_client, the context the client made itself (the default)
+        is destroyed here; one passed in is left open. Ending it waits for
+        messages still queued to the kernel, 0.1 s at most (jupyter_client's
+        bound), so a kernel that is gone costs no longer stop. Channels
+        started again later get a new context.
+        """
+        ending_context = self._created_context and not self.context.closed
         for name in ("_shell_channel", "_iopub_channel", "_stdin_channel", "_control_channel"):
             channel = getattr(self, name)
             if channel is not None:
+                sock = channel.socket if isinstance(channel, SocketChannel) else None
+                if ending_context and sock is not None and not sock.closed:
+                    sock.linger = _CONTEXT_END_LINGER_MS
                 channel.close()
                 setattr(self, name, None)
         if self._hb_channel is not None:
@@ -248,6 +300,8 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
             self._hb_watch.close()
             self._hb_watch = None
         self._kernel_answered = False
+        if ending_context:
+            self.context.destroy(linger=_CONTEXT_END_LINGER_MS)
 
     @property
     def channels_running(self) -> bool:
@@ -1082,33 +1136,39 @@ class BlockingKernelClient(KernelClient[dict[str, Any], ZMQSocketChannel]):
     def _reply(self, msg_id: str, timeout: float | None, channel: str) -> dict[str, Any]:
         return self._recv_reply(msg_id, timeout=timeout, channel=channel)
 
-    def get_shell_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    def get_shell_msg(self, timeout: float | None = None, *, block: bool = True) -> dict[str, Any]:
         """Return the next shell message.
 
+        ``timeout`` (seconds; None: no limit) is the first parameter, as in
+        jupyter_client 8, so ``get_shell_msg(5)`` waits five seconds; ``block``
+        stays, keyword-only, for the older ``block=False`` calls (take only a
+        message already here). The same holds for the other ``get_*_msg``.
+
         Raises ``queue.Empty`` on timeout, and :class:`KernelDiedError` as soon
-        as the kernel is found dead while waiting (the same for the other
-        ``get_*_msg``).
+        as the kernel is found dead while waiting.
         """
         op = self._get_msg_op(
             self.shell_channel, block, timeout, "while waiting for a shell message"
         )
         return cast(dict[str, Any], self._run(op))
 
-    def get_iopub_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    def get_iopub_msg(self, timeout: float | None = None, *, block: bool = True) -> dict[str, Any]:
         """Return the next IOPub message (``queue.Empty`` on timeout)."""
         op = self._get_msg_op(
             self.iopub_channel, block, timeout, "while waiting for an IOPub message"
         )
         return cast(dict[str, Any], self._run(op))
 
-    def get_stdin_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    def get_stdin_msg(self, timeout: float | None = None, *, block: bool = True) -> dict[str, Any]:
         """Return the next stdin message (``queue.Empty`` on timeout)."""
         op = self._get_msg_op(
             self.stdin_channel, block, timeout, "while waiting for a stdin message"
         )
         return cast(dict[str, Any], self._run(op))
 
-    def get_control_msg(self, block: bool = True, timeout: float | None = None) -> dict[str, Any]:
+    def get_control_msg(
+        self, timeout: float | None = None, *, block: bool = True
+    ) -> dict[str, Any]:
         """Return the next control message (``queue.Empty`` on timeout)."""
         op = self._get_msg_op(
             self.control_channel, block, timeout, "while waiting for a control message"
@@ -1221,13 +1281,15 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
     """A client of one kernel whose waits are coroutines, as jupyter_client's.
 
     The same operations as :class:`BlockingKernelClient`, awaited in the running
-    asyncio loop on ``zmq.asyncio`` sockets (no thread). The request methods
-    return the msg_id at once; with ``reply=True`` they return an awaitable of
-    the reply (``await kc.execute(code, reply=True, timeout=10)``).
+    asyncio loop on ``zmq.asyncio`` sockets (no Python thread). The request
+    methods return the msg_id at once; with ``reply=True`` they return an
+    awaitable of the reply (``await kc.execute(code, reply=True, timeout=10)``).
 
-    Its default zmq context is an asyncio view of the process's shared context
-    (``zmq.Context.instance()``): no I/O thread of its own.
+    Its ``context`` is a ``zmq.asyncio.Context``: by default one of its own,
+    as in jupyter_client, destroyed by :meth:`stop_channels`.
     """
+
+    context = Instance("zmq.asyncio.Context")
 
     shell_channel_class = Type(AsyncZMQSocketChannel, klass=object)
     iopub_channel_class = Type(AsyncZMQSocketChannel, klass=object)
@@ -1235,9 +1297,17 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
     control_channel_class = Type(AsyncZMQSocketChannel, klass=object)
 
     def _context_default(self) -> zmq.Context[Any]:
+        """An asyncio context of the client's own (see ``KernelClient._context_default``).
+
+        Not a shadow of ``zmq.Context.instance()``: the sockets of a shadow are
+        invisible to the instance, whose ``destroy()`` would then wait on them
+        for ever, and the shadow's own ``term()`` would wait on every other
+        socket of the process.
+        """
         import zmq.asyncio
 
-        return zmq.asyncio.Context.shadow(zmq.Context.instance().underlying)
+        self._created_context = True
+        return zmq.asyncio.Context()
 
     async def __aenter__(self) -> AsyncKernelClient:
         return self
@@ -1263,10 +1333,12 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
         return self._recv_reply(msg_id, timeout=timeout, channel=channel)
 
     async def get_shell_msg(
-        self, block: bool = True, timeout: float | None = None
+        self, timeout: float | None = None, *, block: bool = True
     ) -> dict[str, Any]:
         """Return the next shell message.
 
+        The parameters are those of ``BlockingKernelClient.get_shell_msg``
+        (``timeout`` first, as in jupyter_client 8; ``block`` keyword-only).
         Raises ``queue.Empty`` on timeout, and :class:`KernelDiedError` as soon
         as the kernel is found dead while waiting (the same for the other
         ``get_*_msg``).
@@ -1277,7 +1349,7 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
         return cast(dict[str, Any], await self._run(op))
 
     async def get_iopub_msg(
-        self, block: bool = True, timeout: float | None = None
+        self, timeout: float | None = None, *, block: bool = True
     ) -> dict[str, Any]:
         """Return the next IOPub message (``queue.Empty`` on timeout)."""
         op = self._get_msg_op(
@@ -1286,7 +1358,7 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
         return cast(dict[str, Any], await self._run(op))
 
     async def get_stdin_msg(
-        self, block: bool = True, timeout: float | None = None
+        self, timeout: float | None = None, *, block: bool = True
     ) -> dict[str, Any]:
         """Return the next stdin message (``queue.Empty`` on timeout)."""
         op = self._get_msg_op(
@@ -1295,7 +1367,7 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
         return cast(dict[str, Any], await self._run(op))
 
     async def get_control_msg(
-        self, block: bool = True, timeout: float | None = None
+        self, timeout: float | None = None, *, block: bool = True
     ) -> dict[str, Any]:
         """Return the next control message (``queue.Empty`` on timeout)."""
         op = self._get_msg_op(

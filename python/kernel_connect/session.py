@@ -26,6 +26,7 @@ import logging
 import os
 import pickle
 import pprint
+import sys
 import threading
 import uuid
 import warnings
@@ -33,7 +34,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 from traitlets import Any as AnyTrait
@@ -66,6 +67,9 @@ from kernel_connect.jsonutil import (
     squash_dates,
 )
 from kernel_connect.secret_trait import SecretBytes
+
+if TYPE_CHECKING:
+    from zmq.eventloop.zmqstream import ZMQStream
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +207,35 @@ def msg_header(msg_id: str, msg_type: str, username: str, session: str) -> dict[
         "date": utcnow(),
         "version": PROTOCOL_VERSION,
     }
+
+
+def blocking_view(socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
+    """A socket to use with blocking (and non-blocking) calls: ``socket`` itself,
+    or, for a ``zmq.asyncio`` socket, a shadow of it that does not own it.
+
+    A ``zmq.asyncio`` socket returns futures from ``send_multipart`` and
+    ``recv_multipart``; code that reads and writes frames at once (Session,
+    the channels, the heartbeat) needs the frames themselves, and a real
+    ``MessageTracker`` when it tracks a send. jupyter_client treats an asyncio
+    socket handed to its Session the same way.
+
+    The caller keeps closing ``socket`` itself (never the view): an asyncio
+    socket must be closed as such, so that its loop stops watching it.
+    """
+    zmq_asyncio = sys.modules.get("zmq.asyncio")  # not loaded: no asyncio socket exists
+    if zmq_asyncio is not None and isinstance(socket, zmq_asyncio.Socket):
+        view: zmq.Socket[Any] = zmq.Socket.shadow(socket.underlying)
+        return view
+    return socket
+
+
+def _receiving_socket(socket: zmq.Socket[Any] | ZMQStream) -> zmq.Socket[Any]:
+    """The socket to read ``socket``'s frames from at once: a ZMQStream's own
+    socket (as jupyter_client reads it), an asyncio socket's blocking view."""
+    zmqstream = sys.modules.get("zmq.eventloop.zmqstream")  # not loaded: no ZMQStream exists
+    if zmqstream is not None and isinstance(socket, zmqstream.ZMQStream):
+        socket = socket.socket
+    return blocking_view(cast("zmq.Socket[Any]", socket))
 
 
 class Message:
@@ -624,7 +657,7 @@ class Session(Configurable):
 
     def send(
         self,
-        stream: zmq.Socket[Any] | None,
+        stream: zmq.Socket[Any] | ZMQStream | None,
         msg_or_type: dict[str, Any] | Message | str,
         content: dict[str, Any] | None = None,
         parent: dict[str, Any] | None = None,
@@ -638,8 +671,11 @@ class Session(Configurable):
 
         Parameters
         ----------
-        stream : zmq.Socket or None
-            Where to send; None only builds the message.
+        stream : zmq.Socket, zmq.asyncio.Socket, ZMQStream or None
+            Where to send; None only builds the message. An asyncio socket is
+            written at once, as a blocking one is (zmq queues the message;
+            only a full queue makes the call wait); a ZMQStream queues the
+            message on its loop.
         msg_or_type : dict, Message or str
             A message, or the msg_type of a new message.
         content, parent, header, metadata : optional
@@ -649,13 +685,18 @@ class Session(Configurable):
         buffers : list, optional
             Extra binary frames (anything supporting the buffer protocol).
         track : bool
-            Track zero-copy sends of large buffers.
+            Track zero-copy sends of large buffers (zmq sockets only: a
+            ZMQStream cannot track, and its message gets the done tracker).
 
         Returns
         -------
         dict or None
             The message sent (with a ``tracker`` key), or None from a forked child.
         """
+        if stream is not None and not isinstance(stream, zmq.Socket):
+            track = False  # a ZMQStream (or a stand-in) sends later, untracked
+        else:
+            stream = None if stream is None else blocking_view(stream)
         if isinstance(msg_or_type, Message):
             msg_or_type = _message_dict(msg_or_type)
         if isinstance(msg_or_type, dict):
@@ -694,13 +735,17 @@ class Session(Configurable):
 
     def send_raw(
         self,
-        stream: zmq.Socket[Any],
+        stream: zmq.Socket[Any] | ZMQStream,
         msg_list: list[bytes],
         flags: int = 0,
         copy: bool = True,
         ident: bytes | list[bytes] | None = None,
     ) -> None:
-        """Sign and send already packed parts ``[header, parent, metadata, content, bufs...]``."""
+        """Sign and send already packed parts ``[header, parent, metadata, content, bufs...]``.
+
+        ``stream`` may be a zmq socket, a ``zmq.asyncio`` socket (written at
+        once, as a blocking one) or a ZMQStream.
+        """
         frames: list[bytes] = []
         if isinstance(ident, bytes):
             frames.append(ident)
@@ -709,11 +754,13 @@ class Session(Configurable):
         frames.append(DELIM)
         frames.append(self.sign(msg_list[:4]))  # buffers are not signed (per spec)
         frames.extend(msg_list)
+        if isinstance(stream, zmq.Socket):
+            stream = blocking_view(stream)
         stream.send_multipart(frames, flags, copy=copy)
 
     def recv(
         self,
-        socket: zmq.Socket[Any],
+        socket: zmq.Socket[Any] | ZMQStream,
         mode: int = zmq.NOBLOCK,
         content: bool = True,
         copy: bool = True,
@@ -722,8 +769,10 @@ class Session(Configurable):
 
         Parameters
         ----------
-        socket : zmq.Socket
-            Socket to read from.
+        socket : zmq.Socket, zmq.asyncio.Socket or ZMQStream
+            Socket to read from. An asyncio socket is read at once, as a
+            blocking one (its frames, not a future); a ZMQStream through its
+            socket.
         mode : int
             zmq flags (default non-blocking).
         content : bool
@@ -737,7 +786,7 @@ class Session(Configurable):
             ``(None, None)`` when no message is waiting (non-blocking mode).
         """
         try:
-            frames = socket.recv_multipart(mode, copy=copy)
+            frames = _receiving_socket(socket).recv_multipart(mode, copy=copy)
         except zmq.ZMQError as e:
             if e.errno == zmq.EAGAIN:
                 return None, None
