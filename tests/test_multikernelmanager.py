@@ -31,9 +31,11 @@ import zmq
 import zmq.asyncio
 from traitlets import DottedObjectName
 from traitlets.config import Config
+from zmq.eventloop.zmqstream import ZMQStream
 
 import kernel_connect
 from kernel_connect.connect import LocalPortCache, write_connection_file
+from kernel_connect.ioloop import AsyncIOLoopKernelManager, IOLoopKernelManager
 from kernel_connect.kernelspec import KernelSpecManager
 from kernel_connect.manager import AsyncKernelManager, KernelManager
 from kernel_connect.multikernelmanager import (
@@ -216,28 +218,25 @@ def test_traits_as_jupyter_clients(name: str) -> None:
     assert ("use_pending_kernels" in public) == (ours is AsyncMultiKernelManager)
 
 
-def test_kernel_manager_class_defaults_to_kernel_connects_managers() -> None:
+def test_kernel_manager_class_defaults_to_kernel_connects_ioloop_managers() -> None:
+    """As jupyter_client's: IOLoop managers (a restarter, ZMQStreams from connect_*)."""
+    from kernel_connect.ioloop import AsyncIOLoopKernelManager, IOLoopKernelManager
+
     sync, aio = MultiKernelManager(), AsyncMultiKernelManager()
     assert isinstance(MultiKernelManager.class_traits()["kernel_manager_class"], DottedObjectName)
-    assert sync.kernel_manager_class == "kernel_connect.manager.KernelManager"
-    assert aio.kernel_manager_class == "kernel_connect.manager.AsyncKernelManager"
-    assert type(sync.kernel_manager_factory()) is KernelManager
-    assert type(aio.kernel_manager_factory()) is AsyncKernelManager
-    # Changing the class changes the factory; configurable like jupyter_client's.
-    sync.kernel_manager_class = "kernel_connect.ioloop.IOLoopKernelManager"
-    from kernel_connect.ioloop import IOLoopKernelManager
-
+    assert sync.kernel_manager_class == "kernel_connect.ioloop.IOLoopKernelManager"
+    assert aio.kernel_manager_class == "kernel_connect.ioloop.AsyncIOLoopKernelManager"
     assert type(sync.kernel_manager_factory()) is IOLoopKernelManager
+    assert type(aio.kernel_manager_factory()) is AsyncIOLoopKernelManager
+    # Changing the class changes the factory; configurable like jupyter_client's.
+    sync.kernel_manager_class = "kernel_connect.manager.KernelManager"
+    assert type(sync.kernel_manager_factory()) is KernelManager
     configured = MultiKernelManager(
         config=Config(
-            {
-                "MultiKernelManager": {
-                    "kernel_manager_class": "kernel_connect.ioloop.IOLoopKernelManager"
-                }
-            }
+            {"MultiKernelManager": {"kernel_manager_class": "kernel_connect.manager.KernelManager"}}
         )
     )
-    assert type(configured.kernel_manager_factory()) is IOLoopKernelManager
+    assert type(configured.kernel_manager_factory()) is KernelManager
 
 
 def test_unknown_kernel_ids_raise_jupyter_clients_key_error() -> None:
@@ -298,7 +297,7 @@ def test_blocking_lifecycle(runtime_dir: Path) -> None:
         with pytest.raises(DuplicateKernelError, match="chosen-id"):
             mkm.start_kernel(kernel_id="chosen-id")
         km = mkm.get_kernel(kid)
-        assert type(km) is KernelManager and km.kernel_id == kid and km.ready.done()
+        assert type(km) is IOLoopKernelManager and km.kernel_id == kid and km.ready.done()
         assert km.context is mkm.context and not mkm.context.closed
         assert km.connection_file == str(runtime_dir / f"kernel-{kid}.json")
         assert file_mode(km.connection_file) == 0o600
@@ -313,9 +312,9 @@ def test_blocking_lifecycle(runtime_dir: Path) -> None:
             mkm.connect_hb,
             mkm.connect_control,
         ):
-            sock = connect(kid)
-            assert isinstance(sock, zmq.Socket)
-            sock.close(linger=0)
+            stream = connect(kid)  # as jupyter_client's: a ZMQStream (IOLoop managers)
+            assert isinstance(stream, ZMQStream) and type(stream.socket) is zmq.Socket
+            stream.close(linger=0)
         mkm.signal_kernel(kid, 0)  # checks the process is there
 
         kc = km.client()
@@ -393,9 +392,10 @@ def test_restart_callbacks_go_to_the_kernels_manager() -> None:
             calls.append("restart")
 
         mkm.add_restart_callback(kid, callback)
-        assert (callback, "restart") in km._pending_restart_callbacks
+        assert km._restarter is not None  # the default (IOLoop) manager has one
+        assert callback in km._restarter.callbacks["restart"]
         mkm.remove_restart_callback(kid, callback)
-        assert (callback, "restart") not in km._pending_restart_callbacks
+        assert callback not in km._restarter.callbacks["restart"]
     finally:
         mkm.shutdown_all(now=True)
 
@@ -548,7 +548,7 @@ def test_async_lifecycle(loop: asyncio.AbstractEventLoop, runtime_dir: Path) -> 
     async def go() -> Traces:
         kid = await mkm.start_kernel()
         km = mkm.get_kernel(kid)
-        assert type(km) is AsyncKernelManager and km.context is mkm.context
+        assert type(km) is AsyncIOLoopKernelManager and km.context is mkm.context
         assert isinstance(km.ready, asyncio.Future) and km.ready.done()
         traces = Traces([km])
         assert await mkm.is_alive(kid) is True

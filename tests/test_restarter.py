@@ -136,8 +136,12 @@ def _joined_restarters() -> list[threading.Thread]:
 
 
 def test_ioloop_restarter_restarts_a_sigkilled_kernel() -> None:
+    # With an explicit loop (without one, the blocking manager's restarter runs
+    # in the background loop: tests/test_manager_compat.py).
     async def go() -> None:
-        km = IOLoopKernelManager(restarter_class=RecordingIOLoopRestarter)
+        km = IOLoopKernelManager(
+            restarter_class=RecordingIOLoopRestarter, loop=asyncio.get_running_loop()
+        )
         seen = watch(km, in_loop=True)
         km.start_kernel()
         try:

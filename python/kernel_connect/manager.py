@@ -11,7 +11,9 @@ Same names and behaviour as jupyter_client's managers, with:
   file removed, the ports returned and the manager's own zmq context closed;
 - start-up failures reported with the kernel's exit code and stderr tail;
 - a start that lost a port to a process outside the table restarted on new
-  ports, by the manager's policy (``port_clash_retries``), when a client asks.
+  ports, by the manager's policy (``port_clash_retries``), when a client asks;
+- jupyter_client's ``provisioner`` (:mod:`kernel_connect.provisioner`): a view
+  of the kernel process that acts through the manager's own steps.
 
 One lifecycle, two faces (a sans-IO design). Each operation that waits
 (start with its wait for the kernel's ports, shutdown, restart, recovery from
@@ -75,7 +77,7 @@ from traitlets import (
 from traitlets.utils.importstring import import_item
 
 from kernel_connect._sansio import Operation, drive, drive_async
-from kernel_connect.client import AsyncKernelClient, BlockingKernelClient
+from kernel_connect.client import AsyncKernelClient, BlockingKernelClient, KernelOwner
 from kernel_connect.errors import (
     KernelDeath,
     KernelDiedError,
@@ -90,6 +92,7 @@ from kernel_connect.kernelspec import (
 )
 from kernel_connect.launcher import launch_kernel
 from kernel_connect.mixin import PORT_NAMES, ConnectionFileMixin
+from kernel_connect.provisioner import LocalProvisioner
 
 if TYPE_CHECKING:
     import asyncio
@@ -103,6 +106,8 @@ _STDERR_TAIL_BYTES = 4096
 _PORT_POLL_S = 0.005
 # How long to wait for a SIGKILLed kernel to be gone.
 _KILL_WAIT_S = 5.0
+# The slices of an unbounded wait for the kernel's exit (provisioner.wait()).
+_REAP_SLICE_S = 60.0
 
 # Managers whose kernel this process started. A forked child starts with none:
 # Popen.poll() there reports 0 for the parent's kernel, so an exit clean-up in
@@ -127,6 +132,18 @@ def _shutdown_all_at_exit() -> None:
 atexit.register(_shutdown_all_at_exit)
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_live_managers.clear)
+
+# Stderr capture files of managers that a forked child dropped: the parent's,
+# so the child keeps its copies open rather than close anything of the parent's.
+_inherited_captures: list[IO[bytes]] = []
+
+
+def _close_capture(f: IO[bytes], owner_pid: int) -> None:
+    """Close a dropped manager's stderr capture file, in the process that opened it only."""
+    if os.getpid() == owner_pid:
+        f.close()
+    else:
+        _inherited_captures.append(f)
 
 
 # -- waiting for the kernel process: the one wait request of the lifecycle ------
@@ -393,13 +410,20 @@ class KernelManager(ConnectionFileMixin):
     _created_context = Bool(False)
 
     def __init__(self, **kwargs: Any) -> None:
+        # Not a trait, as in jupyter_client: fixed for the manager's life.
+        self._owns_kernel = bool(kwargs.pop("owns_kernel", True))
         super().__init__(**kwargs)
         self.kernel: subprocess.Popen[bytes] | None = None
+        #: The kernel process as jupyter_client's provisioner API shows it: None
+        #: until the first start, then kept (see kernel_connect.provisioner).
+        self.provisioner: LocalProvisioner | None = None
         self._pgid: int | None = None
+        self._last_pid: int | None = None
         self._launch_args: dict[str, Any] | None = None
         self._control_socket: zmq.Socket[Any] | None = None
         self._control_view: zmq.Socket[Any] | None = None
-        self._stderr_file: IO[bytes] | None = None
+        self._stderr_capture: IO[bytes] | None = None
+        self._stderr_finalizer: weakref.finalize[Any, Any] | None = None
         self._kernel_spec = None
         self.exit_code: int | None = None
         #: True from the start of a shutdown until the next start (the restarter looks).
@@ -485,8 +509,18 @@ class KernelManager(ConnectionFileMixin):
 
     @property
     def owns_kernel(self) -> bool:
-        """Always True: this manager starts the kernels it manages."""
-        return True
+        """Whether this manager started (or will start) its kernel and so may end it.
+
+        ``KernelManager(owns_kernel=False)`` makes a manager of a kernel started
+        elsewhere (a MultiKernelManager makes one for each connection file it
+        finds in ``external_connection_dir``): its ``shutdown_kernel`` does
+        nothing (the kernel keeps running, its connection file stays) and
+        ``is_alive`` is always True, as in jupyter_client. Unlike
+        jupyter_client, such a manager refuses to start or restart a kernel
+        (RuntimeError): jupyter_client's would start one that its shutdown
+        then never stops.
+        """
+        return self._owns_kernel
 
     @property
     def has_kernel(self) -> bool:
@@ -503,6 +537,15 @@ class KernelManager(ConnectionFileMixin):
         if self._ready is None:
             self._ready = _new_future()
         return self._ready
+
+    def resolve_path(self, path: str) -> str | None:
+        """``path`` resolved against the kernel's working directory, if the file exists.
+
+        None when it does not, or when no kernel was ever started.
+        """
+        if self.provisioner is None:
+            return None
+        return self.provisioner.resolve_path(path)
 
     def update_env(self, *, env: dict[str, str]) -> None:
         """Add ``env`` to the kernel's environment from its next (re)start on.
@@ -631,6 +674,11 @@ class KernelManager(ConnectionFileMixin):
 
         Leaves nothing behind if it fails after writing the connection file.
         """
+        if not self.owns_kernel:
+            raise RuntimeError(
+                "this manager does not own its kernel (owns_kernel=False): it cannot "
+                "start or restart one"
+            )
         if self.kernel is not None:
             if self.kernel.poll() is None:
                 raise RuntimeError("a kernel is already running; shut it down or restart it")
@@ -644,6 +692,12 @@ class KernelManager(ConnectionFileMixin):
         kw.pop("kernel_id", None)
         self._launch_args = dict(kw)
         spec = self.kernel_spec
+        cwd = kw.get("cwd")
+        cwd = os.fspath(cwd) if cwd is not None else os.getcwd()
+        if self.provisioner is None:  # as jupyter_client: made once, kept across restarts
+            self.provisioner = LocalProvisioner(self, cwd)
+        else:
+            self.provisioner.cwd = cwd
         self._check_local_ip()
         self._provision_curve(spec)
         self._renew_context()
@@ -896,7 +950,12 @@ class KernelManager(ConnectionFileMixin):
         return True
 
     def _shutdown_op(self, now: bool, restart: bool) -> Operation[None]:
-        """Stop the kernel: politely (or at once with ``now``), then clean up."""
+        """Stop the kernel: politely (or at once with ``now``), then clean up.
+
+        Nothing at all for a kernel this manager does not own (``owns_kernel``).
+        """
+        if not self.owns_kernel:
+            return
         self.shutting_down = True
         if not restart:
             self._stop_epoch += 1  # cancels a start under way in another thread or task
@@ -959,6 +1018,9 @@ class KernelManager(ConnectionFileMixin):
 
     # -- steps that never wait, shared by both faces ------------------------
 
+    def _is_alive(self) -> bool:
+        return self._poll_alive() if self.owns_kernel else True
+
     def _poll_alive(self) -> bool:
         if self.kernel is None:
             return False
@@ -1005,7 +1067,8 @@ class KernelManager(ConnectionFileMixin):
         from kernel_connect.channels import blocking_view
 
         if self._control_view is None:
-            sock = self.connect_control()
+            # Not connect_control(): the IOLoop managers' returns a ZMQStream.
+            sock = self._create_connected_socket("control")
             sock.linger = 100
             self._control_socket = sock
             self._control_view = blocking_view(sock)
@@ -1020,6 +1083,10 @@ class KernelManager(ConnectionFileMixin):
         self.session.send(self._connect_control_socket(), msg_type, content=content)
 
     def _request_shutdown(self, restart: bool) -> None:
+        # The kernel is about to exit on request: that exit is no crash, and a
+        # restarter (which sees an exit at once, through a pidfd) must not
+        # restart it (MultiKernelManager's request_shutdown/finish_shutdown steps).
+        self.shutting_down = True
         self._send_control("shutdown_request", {"restart": restart})
 
     def _reap(self) -> None:
@@ -1028,11 +1095,47 @@ class KernelManager(ConnectionFileMixin):
         if proc is None:
             return
         self.exit_code = proc.returncode
+        self._last_pid = proc.pid
         self.kernel = None
         self._pgid = None
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+    def _reap_op(self) -> Operation[int | None]:
+        """Wait, however long it takes, for the kernel to exit, then forget it; -> exit code.
+
+        (``provisioner.wait()``: the caller bounds the wait, as jupyter_client's.)
+        """
+        proc = self.kernel
+        if proc is None:
+            return 0
+        while not (yield _WaitExit(proc, _REAP_SLICE_S)):
+            pass
+        if self.kernel is proc:
+            self._reap()
+        return proc.returncode
+
+    @property
+    def _stderr_file(self) -> IO[bytes] | None:
+        """The kernel's stderr capture file (see ``capture_stderr``), or None.
+
+        Whoever opens it (the launch) hands it over by setting this; from then
+        on its life is tied to the manager's: closed by a shutdown, or, when
+        the manager is dropped with its kernel still running, by the garbage
+        collector (no ResourceWarning for an unclosed file), and in either case
+        only in the process that opened it: a forked child leaves it alone.
+        """
+        return self._stderr_capture
+
+    @_stderr_file.setter
+    def _stderr_file(self, f: IO[bytes] | None) -> None:
+        finalizer, self._stderr_finalizer = self._stderr_finalizer, None
+        if finalizer is not None:
+            finalizer.detach()  # the file it held is closed, or replaced, by the caller
+        self._stderr_capture = f
+        if f is not None:
+            self._stderr_finalizer = weakref.finalize(self, _close_capture, f, os.getpid())
 
     def _close_stderr_file(self) -> None:
         f, self._stderr_file = self._stderr_file, None
@@ -1149,8 +1252,9 @@ class KernelManager(ConnectionFileMixin):
         drive(self._post_start_op(self._stop_epoch), _serve_blocking)
 
     def is_alive(self) -> bool:
-        """Whether the kernel process is running."""
-        return self._poll_alive()
+        """Whether the kernel process is running (always True for a kernel this
+        manager does not own: it cannot tell)."""
+        return self._is_alive()
 
     def signal_kernel(self, signum: int) -> None:
         """Send ``signum`` to the kernel's process group (kernel and its children).
@@ -1245,21 +1349,28 @@ class KernelManager(ConnectionFileMixin):
         Its ``liveness`` is this manager's view of the kernel process (a
         :class:`~kernel_connect.client.KernelOwner`): deaths are noticed at
         once, and a start that failed on a port clash is recovered by our policy.
+
+        Made while no automatic restart (a restarter's, in another thread) is
+        under way, so the ports it connects to and the kernel its liveness
+        watches are the same kernel's.
         """
-        info = self.get_connection_info(session=True)
-        pub, sec = info.pop("curve_publickey", None), info.pop("curve_secretkey", None)
-        kw: dict[str, Any] = dict(info, connection_file=self.connection_file, parent=self)
-        if pub is not None and sec is not None:
-            kw.update(curve_publickey=pub.encode(), curve_secretkey=sec.encode())
-        kw.update(kwargs)
-        client = self.client_factory(**kw)
-        client.liveness = _ManagedKernel(self)
+        with self._recovery_lock:
+            info = self.get_connection_info(session=True)
+            pub, sec = info.pop("curve_publickey", None), info.pop("curve_secretkey", None)
+            kw: dict[str, Any] = dict(info, connection_file=self.connection_file, parent=self)
+            if pub is not None and sec is not None:
+                kw.update(curve_publickey=pub.encode(), curve_secretkey=sec.encode())
+            kw.update(kwargs)
+            client = self.client_factory(**kw)
+            client.liveness = _ManagedKernel(self)
         return cast(BlockingKernelClient, client)
 
     def blocking_client(self) -> BlockingKernelClient:
-        """Return a :class:`BlockingKernelClient` loaded with our connection info."""
-        client = super().blocking_client()
-        client.liveness = _ManagedKernel(self)
+        """Return a :class:`BlockingKernelClient` loaded with our connection info
+        (made as :meth:`client`'s, outside any automatic restart)."""
+        with self._recovery_lock:
+            client = super().blocking_client()
+            client.liveness = _ManagedKernel(self)
         return client
 
 
@@ -1314,8 +1425,8 @@ class AsyncKernelManager(KernelManager):
         await drive_async(self._post_start_op(self._stop_epoch), _serve_async)
 
     async def is_alive(self) -> bool:  # type: ignore[override]
-        """Whether the kernel process is running."""
-        return self._poll_alive()
+        """Whether the kernel process is running (see ``KernelManager.is_alive``)."""
+        return self._is_alive()
 
     async def signal_kernel(self, signum: int) -> None:  # type: ignore[override]
         """Send ``signum`` to the kernel's process group (RuntimeError if none runs)."""
@@ -1361,11 +1472,13 @@ class AsyncKernelManager(KernelManager):
         return cast(AsyncKernelClient, super().client(**kwargs))
 
 
-class _ManagedKernel:
+class _ManagedKernel(KernelOwner):
     """A client's view of a kernel its manager started: the process, not the heartbeat.
 
-    Satisfies ``kernel_connect.client.KernelOwner``: the only way a client
-    reaches its manager.
+    The manager's side of ``kernel_connect.client.KernelOwner`` (declared, so
+    mypy checks it against the protocol): the only way a client reaches its
+    manager. The restart policy after a failed start (``port_clash_retries``,
+    counted in ``port_clash_restarts``) is applied here, by the manager.
     """
 
     def __init__(self, km: KernelManager) -> None:

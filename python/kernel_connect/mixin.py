@@ -402,9 +402,19 @@ class ConnectionFileMixin(LoggingConfigurable):
     def _create_connected_socket(
         self, channel: str, identity: bytes | None = None
     ) -> zmq.Socket[Any]:
-        """Return a socket of the right type for ``channel``, connected to the kernel."""
+        """Return a socket of the right type for ``channel``, connected to the kernel
+        (an iopub socket subscribed to every topic)."""
+        return self._connected_socket(channel, identity)
+
+    def _connected_socket(
+        self, channel: str, identity: bytes | None = None, socket_class: Any = None
+    ) -> zmq.Socket[Any]:
+        """:meth:`_create_connected_socket`, of ``socket_class`` when given instead of the
+        context's own kind (a plain ``zmq.Socket`` from an asyncio context, for a ZMQStream)."""
         url = self._make_url(channel)
-        sock: zmq.Socket[Any] = self.context.socket(CHANNEL_SOCKET_TYPES[channel])
+        sock: zmq.Socket[Any] = self.context.socket(
+            CHANNEL_SOCKET_TYPES[channel], socket_class=socket_class
+        )
         sock.linger = SOCKET_LINGER_MS
         if ":" in self.ip and self.transport == "tcp":
             sock.ipv6 = True
@@ -418,13 +428,13 @@ class ConnectionFileMixin(LoggingConfigurable):
             sock.curve_serverkey = self.curve_publickey
         self.log.debug("Connecting to %s", url)
         sock.connect(url)
+        if channel == "iopub":
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
         return sock
 
     def connect_iopub(self, identity: bytes | None = None) -> zmq.Socket[Any]:
         """Return a SUB socket connected to IOPub, subscribed to every topic."""
-        sock = self._create_connected_socket("iopub", identity=identity)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        return sock
+        return self._create_connected_socket("iopub", identity=identity)
 
     def connect_shell(self, identity: bytes | None = None) -> zmq.Socket[Any]:
         """Return a DEALER socket connected to the shell channel."""

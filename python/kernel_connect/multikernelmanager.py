@@ -35,12 +35,16 @@ Where this differs from jupyter_client, it is on the safe side:
   waits for a start of the same kernel under way in another thread.
 
 As in jupyter_client, a shutdown of a kernel still starting waits for the
-start to end first; a kernel found in ``external_connection_dir`` is only
-forgotten by ``shutdown_kernel``, never stopped. One default differs by
-design: ``kernel_manager_class`` names kernel-connect's plain managers, which
-have no restarter (jupyter_client's default, an IOLoop manager, restarts a
-kernel that dies); name ``kernel_connect.ioloop.IOLoopKernelManager`` (or
-``AsyncIOLoopKernelManager``) for that.
+start to end first; a kernel found in ``external_connection_dir`` is managed
+by a manager made with ``owns_kernel=False``, so it is only forgotten by
+``shutdown_kernel``, never stopped. As in jupyter_client, the kernels'
+managers are IOLoop managers by default
+(:class:`~kernel_connect.ioloop.IOLoopKernelManager`,
+:class:`~kernel_connect.ioloop.AsyncIOLoopKernelManager`): a kernel that dies
+is restarted (``autorestart``), and ``connect_iopub`` and the other
+``connect_*`` methods return ZMQStreams. Name ``kernel_connect.manager.KernelManager``
+(or ``AsyncKernelManager``) in ``kernel_manager_class`` for plain managers:
+no restarter, plain zmq sockets.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ if TYPE_CHECKING:
     import asyncio
 
     import zmq.asyncio
+    from zmq.eventloop.zmqstream import ZMQStream
 
 #: Most threads the blocking face's shutdown_all stops kernels on at once.
 _SHUTDOWN_THREADS = 32
@@ -168,7 +173,7 @@ class MultiKernelManager(LoggingConfigurable):
     kernel_spec_manager = Instance(KernelSpecManager, allow_none=True)
 
     kernel_manager_class = DottedObjectName(
-        "kernel_connect.manager.KernelManager",
+        "kernel_connect.ioloop.IOLoopKernelManager",
         help="""The kernel manager class.  This is configurable to allow
         subclassing of the KernelManager for customized behavior.
         """,
@@ -332,14 +337,8 @@ class MultiKernelManager(LoggingConfigurable):
         extra: dict[str, Any] = {}
         if self.kernel_spec_manager:
             extra["kernel_spec_manager"] = self.kernel_spec_manager
-        if self.connection_dir:
-            directory = self.connection_dir
-        else:
-            from kernel_connect.paths import runtime_dir
-
-            directory = runtime_dir()
         km = self.kernel_manager_factory(
-            connection_file=os.path.join(directory, f"kernel-{kernel_id}.json"),
+            connection_file=self._connection_file_for(kernel_id),
             parent=self,
             log=self.log,
             kernel_name=kernel_name,
@@ -351,6 +350,16 @@ class MultiKernelManager(LoggingConfigurable):
                 type(km).__name__,
             )
         return km, kernel_name, kernel_id
+
+    def _connection_file_for(self, kernel_id: str) -> str:
+        """Where our kernel ``kernel_id``'s connection file goes."""
+        if self.connection_dir:
+            directory = self.connection_dir
+        else:
+            from kernel_connect.paths import runtime_dir
+
+            directory = runtime_dir()
+        return os.path.join(directory, f"kernel-{kernel_id}.json")
 
     def _begin_start(
         self, kernel_name: str | None, kwargs: dict[str, Any]
@@ -401,6 +410,8 @@ class MultiKernelManager(LoggingConfigurable):
                 for kid, km in self._kernels.items()
                 if kid not in self.kernel_id_to_connection_file and km.connection_file
             )
+            # Kernels of ours still starting (not in _kernels yet) have their file already.
+            known.update(Path(self._connection_file_for(kid)) for kid in self._pending_kernels)
             for path in sorted(files - known):
                 self._add_external_kernel(path)
 
@@ -414,7 +425,8 @@ class MultiKernelManager(LoggingConfigurable):
         if not ("kernel_name" in info and "key" in info):
             return
         self.log.debug("Loading connection file %s", path)
-        km = self.kernel_manager_factory(parent=self, log=self.log)
+        # Not ours: its shutdown_kernel leaves it running, is_alive says True.
+        km = self.kernel_manager_factory(parent=self, log=self.log, owns_kernel=False)
         try:
             km.load_connection_info(info)
         except ValueError:
@@ -651,24 +663,39 @@ class MultiKernelManager(LoggingConfigurable):
         """Return a kernel's connection info: transport, ip, ports, key and scheme."""
         return self.get_kernel(kernel_id).get_connection_info()
 
-    def connect_iopub(self, kernel_id: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-        """Return a zmq socket connected to a kernel's iopub channel."""
+    def connect_iopub(
+        self, kernel_id: str, identity: bytes | None = None
+    ) -> zmq.Socket[Any] | ZMQStream:
+        """Return a zmq socket connected to a kernel's iopub channel (a ZMQStream for
+        the default, IOLoop, kernel managers)."""
         return self.get_kernel(kernel_id).connect_iopub(identity)
 
-    def connect_shell(self, kernel_id: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-        """Return a zmq socket connected to a kernel's shell channel."""
+    def connect_shell(
+        self, kernel_id: str, identity: bytes | None = None
+    ) -> zmq.Socket[Any] | ZMQStream:
+        """Return a zmq socket connected to a kernel's shell channel (a ZMQStream for
+        the default, IOLoop, kernel managers)."""
         return self.get_kernel(kernel_id).connect_shell(identity)
 
-    def connect_control(self, kernel_id: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-        """Return a zmq socket connected to a kernel's control channel."""
+    def connect_control(
+        self, kernel_id: str, identity: bytes | None = None
+    ) -> zmq.Socket[Any] | ZMQStream:
+        """Return a zmq socket connected to a kernel's control channel (a ZMQStream for
+        the default, IOLoop, kernel managers)."""
         return self.get_kernel(kernel_id).connect_control(identity)
 
-    def connect_stdin(self, kernel_id: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-        """Return a zmq socket connected to a kernel's stdin channel."""
+    def connect_stdin(
+        self, kernel_id: str, identity: bytes | None = None
+    ) -> zmq.Socket[Any] | ZMQStream:
+        """Return a zmq socket connected to a kernel's stdin channel (a ZMQStream for
+        the default, IOLoop, kernel managers)."""
         return self.get_kernel(kernel_id).connect_stdin(identity)
 
-    def connect_hb(self, kernel_id: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-        """Return a zmq socket connected to a kernel's heartbeat channel."""
+    def connect_hb(
+        self, kernel_id: str, identity: bytes | None = None
+    ) -> zmq.Socket[Any] | ZMQStream:
+        """Return a zmq socket connected to a kernel's heartbeat channel (a ZMQStream for
+        the default, IOLoop, kernel managers)."""
         return self.get_kernel(kernel_id).connect_hb(identity)
 
 
@@ -686,7 +713,7 @@ class AsyncMultiKernelManager(MultiKernelManager):
     """
 
     kernel_manager_class = DottedObjectName(
-        "kernel_connect.manager.AsyncKernelManager",
+        "kernel_connect.ioloop.AsyncIOLoopKernelManager",
         config=True,
         help="""The kernel manager class.  This is configurable to allow
         subclassing of the AsyncKernelManager for customized behavior.
