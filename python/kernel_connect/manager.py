@@ -380,6 +380,16 @@ class KernelManager(ConnectionFileMixin):
         help="Keep the kernel's stderr in an anonymous temporary file (for start-up error "
         "reports) instead of sharing ours, unless stderr is passed to start_kernel.",
     )
+    launcher = CaselessStrEnum(
+        ["exec", "fork"],
+        default_value="exec",
+        config=True,
+        help="How kernels are started: 'exec' (a new process runs the spec's command) or "
+        "'fork' (ipykernel specs are forked from a warm template process that has imported "
+        "ipykernel: ready several times sooner; other specs are exec'd). A kernel spec's "
+        "metadata.kernel_connect.launcher and the KERNEL_CONNECT_LAUNCHER environment "
+        "variable override it (see kernel_connect.forking).",
+    )
     autorestart = Bool(
         True,
         config=True,
@@ -763,7 +773,15 @@ class KernelManager(ConnectionFileMixin):
             kw["stderr"] = self._stderr_file
         self.log.debug("Starting kernel: %s", cmd)
         self.exit_code = None
-        self.kernel = launch_kernel(cmd, **kw)
+        from kernel_connect.forking import chosen_launcher
+
+        proc: subprocess.Popen[bytes] | None = None
+        if chosen_launcher(self.launcher, self.kernel_spec.metadata) == "fork":
+            from kernel_connect.forking.launcher import launch_forked
+
+            # None (after a debug line saying why): this kernel is started by exec.
+            proc = launch_forked(cmd, kw, self.log)
+        self.kernel = proc if proc is not None else launch_kernel(cmd, **kw)
         self._generation += 1
         # Registered at once, so that a shutdown in another thread, before
         # or after any step below, always leaves the set as it found it.
