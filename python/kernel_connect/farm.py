@@ -4,6 +4,13 @@
 kernels through KernelManager on threads, runs one line of code on each, prints
 a table (kernel, pid, ports, time to ready, result), shuts them all down in
 parallel and checks that no process and no connection file is left behind.
+
+``--launcher fork`` starts them with KernelManager's fork launcher (where it
+exists); ``--pool SIZE`` takes them from a warm :class:`~kernel_connect.pool.KernelPool`
+of SIZE kernels instead, warmed before the clock starts (its warm-up time is
+reported apart), so that the times to ready are those of a farm whose pool was
+ready when the requests came. With more kernels than SIZE, the later takes wait
+for the pool's refills (at most two start at once).
 """
 
 from __future__ import annotations
@@ -16,17 +23,21 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_connect.client import BlockingKernelClient
 from kernel_connect.errors import KernelTimeoutError
 from kernel_connect.manager import KernelManager
 from kernel_connect.mixin import PORT_NAMES
 
+if TYPE_CHECKING:
+    from kernel_connect.pool import KernelPool
+
 DEFAULT_CODE = "import os; os.getpid()"
 
-#: Called as progress(kernel, state) when a kernel moves on: "starting", "ready",
-#: "running", "done", "failed", "stopping", "stopped". From worker threads.
+#: Called as progress(kernel, state) when a kernel moves on: "starting" (or
+#: "taking", from a pool), "ready", "running", "done", "failed", "stopping",
+#: "stopped". From worker threads.
 Progress = Callable[["FarmKernel", str], None]
 
 # While waiting for a kernel to be ready, look at the cancel flag this often.
@@ -38,7 +49,8 @@ class FarmKernel:
     """One kernel of the farm and what happened to it."""
 
     index: int
-    manager: KernelManager
+    #: None until taken, when the kernel comes from a pool.
+    manager: KernelManager | None
     client: BlockingKernelClient | None = None
     pid: int | None = None
     ports: list[int] = field(default_factory=list)
@@ -56,6 +68,11 @@ class FarmReport:
     shutdown_s: float
     leftover_pids: list[int]
     leftover_files: list[str]
+    launcher: str = "exec"
+    #: Size of the pool the kernels were taken from (0: started, no pool).
+    pool_size: int = 0
+    #: Seconds the pool took to be full before the clock started.
+    pool_warm_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -92,17 +109,26 @@ def _start_one(
     t0: float,
     progress: Progress | None,
     cancel: threading.Event,
+    pool: KernelPool | None = None,
 ) -> None:
     if cancel.is_set():
         fk.error = "cancelled"
         return
-    _notify(progress, fk, "starting")
+    _notify(progress, fk, "starting" if pool is None else "taking")
     try:
-        fk.manager.start_kernel()
-        assert fk.manager.kernel is not None
-        fk.pid = fk.manager.kernel.pid
-        fk.ports = fk.manager.ports
-        fk.client = fk.manager.client()
+        if pool is not None:
+            fk.manager = pool.take(timeout=ready_timeout)
+            if cancel.is_set():
+                fk.error = "cancelled"
+                _notify(progress, fk, "failed")
+                return
+        else:
+            assert fk.manager is not None
+            fk.manager.start_kernel()
+        km = fk.manager
+        fk.pid = getattr(km.kernel, "pid", None)
+        fk.ports = km.ports
+        fk.client = km.client()
         fk.client.start_channels()
         deadline = time.monotonic() + ready_timeout
         # Short waits, so that a cancel (Ctrl-C) is noticed within a moment.
@@ -119,7 +145,7 @@ def _start_one(
                 if time.monotonic() >= deadline:
                     raise
         fk.ready_s = time.monotonic() - t0
-        fk.ports = fk.manager.ports
+        fk.ports = km.ports
         _notify(progress, fk, "ready")
     except Exception as e:
         fk.error = f"start failed: {type(e).__name__}: {e}"
@@ -158,14 +184,18 @@ def _result_of(outputs: list[dict[str, Any]]) -> str:
     ).strip()
 
 
-def _stop_one(fk: FarmKernel, progress: Progress | None) -> None:
-    if fk.manager.kernel is None:
+def _stop_one(fk: FarmKernel, progress: Progress | None, pool: KernelPool | None = None) -> None:
+    km = fk.manager
+    if km is None or km.kernel is None:
         return
     _notify(progress, fk, "stopping")
     if fk.client is not None:
         fk.client.stop_channels()
     try:
-        fk.manager.shutdown_kernel()
+        if pool is not None:
+            pool.release(km)  # shut down: a kernel that ran code is never pooled again
+        else:
+            km.shutdown_kernel()
     except Exception as e:
         fk.error = fk.error or f"shutdown failed: {type(e).__name__}: {e}"
     _notify(progress, fk, "stopped")
@@ -189,6 +219,8 @@ def run_farm(
     exec_timeout: float = 60.0,
     kernel_binds_ports: bool = False,
     progress: Progress | None = None,
+    launcher: str = "exec",
+    pool_size: int = 0,
 ) -> FarmReport:
     """Start ``n`` kernels in parallel, run ``code`` on each, shut all down.
 
@@ -210,33 +242,70 @@ def run_farm(
         Use the zero-race start-up (kernels bind their own ports).
     progress : callable, optional
         ``progress(kernel, state)`` on every state change (from worker threads).
+    launcher : str
+        How kernels are launched: ``"exec"`` or ``"fork"`` (where KernelManager has it).
+    pool_size : int
+        Take the kernels from a :class:`~kernel_connect.pool.KernelPool` of this
+        many kernels, full before the clock starts (0: start each kernel).
 
     Returns
     -------
     FarmReport
         Per-kernel rows, timings, and anything left behind.
+
+    Raises
+    ------
+    PoolError
+        If ``launcher`` is not available.
     """
+    from kernel_connect.pool import KernelPool, launcher_traits
+
+    traits: dict[str, Any] = {"kernel_binds_ports": kernel_binds_ports}
+    chosen = launcher_traits(launcher)  # an unavailable launcher fails here, before any start
     kernels = [
-        FarmKernel(i, KernelManager(kernel_name=kernel_name, kernel_binds_ports=kernel_binds_ports))
+        FarmKernel(
+            i, None if pool_size else KernelManager(kernel_name=kernel_name, **traits, **chosen)
+        )
         for i in range(n)
     ]
+    report = FarmReport(kernels, 0.0, 0.0, [], [], launcher=launcher, pool_size=pool_size)
+    pool: KernelPool | None = None
+    if pool_size:
+        try:
+            pool = KernelPool(
+                pool_size,
+                kernel_name,
+                launcher=launcher,
+                start_timeout=ready_timeout,
+                manager_kwargs=traits,
+            )
+        except Exception as e:
+            for fk in kernels:  # as every start would have failed (no such spec, ...)
+                fk.error = f"start failed: {type(e).__name__}: {e}"
+                _notify(progress, fk, "failed")
+            return report
     cancel = threading.Event()
     t0 = time.monotonic()
-    all_ready_s = 0.0
     workers: list[threading.Thread] = []
     try:
+        if pool is not None:
+            pool.wait_until_full(ready_timeout)
+            report.pool_warm_s = time.monotonic() - t0
+            t0 = time.monotonic()
         workers = _start_threads(
-            lambda fk: _start_one(fk, ready_timeout, t0, progress, cancel), kernels
+            lambda fk: _start_one(fk, ready_timeout, t0, progress, cancel, pool), kernels
         )
         _join(workers)
-        all_ready_s = time.monotonic() - t0
+        report.all_ready_s = time.monotonic() - t0
         workers = _start_threads(lambda fk: _execute_one(fk, code, exec_timeout, progress), kernels)
         _join(workers)
     except BaseException:
         cancel.set()
+        if pool is not None:
+            pool.close()  # takes still waiting end now
         # Code still running on a kernel is interrupted, so its thread returns now.
         for fk in kernels:
-            if fk.manager.kernel is not None and fk.ready_s is not None:
+            if fk.manager is not None and fk.manager.kernel is not None and fk.ready_s is not None:
                 with contextlib.suppress(Exception):
                     fk.manager.interrupt_kernel()
         raise
@@ -245,16 +314,20 @@ def run_farm(
         # before stopping what they started, so no kernel starts after its stop.
         _join(workers, timeout=30.0)
         t1 = time.monotonic()
-        files = [fk.manager.connection_file for fk in kernels]
-        _join(_start_threads(lambda fk: _stop_one(fk, progress), kernels))
-        shutdown_s = time.monotonic() - t1
-    return FarmReport(
-        kernels=kernels,
-        all_ready_s=all_ready_s,
-        shutdown_s=shutdown_s,
-        leftover_pids=[fk.pid for fk in kernels if fk.pid is not None and _pid_exists(fk.pid)],
-        leftover_files=[f for f in files if f and os.path.exists(f)],
-    )
+        files = [fk.manager.connection_file for fk in kernels if fk.manager is not None]
+        pids = [fk.pid for fk in kernels if fk.pid is not None]
+        _join(_start_threads(lambda fk: _stop_one(fk, progress, pool), kernels))
+        if pool is not None:
+            # The pool's own kernels (its refills) must be gone after close() too.
+            for km in pool.pooled_managers():
+                pid = getattr(km.kernel, "pid", None)
+                pids.extend([pid] if isinstance(pid, int) else [])
+                files.append(km.connection_file)
+            pool.close()
+        report.shutdown_s = time.monotonic() - t1
+    report.leftover_pids = [p for p in pids if _pid_exists(p)]
+    report.leftover_files = [f for f in files if f and os.path.exists(f)]
+    return report
 
 
 def format_table(report: FarmReport) -> str:
@@ -282,6 +355,15 @@ def format_table(report: FarmReport) -> str:
         f"{len(report.kernels)} kernels, {failed} failed; all ready in "
         f"{report.all_ready_s:.2f} s; shut down in {report.shutdown_s:.2f} s"
     )
+    if report.pool_size and report.pool_warm_s is None:
+        lines.append(f"a pool of {report.pool_size} ({report.launcher} launcher) could not be made")
+    elif report.pool_size:
+        lines.append(
+            f"taken from a pool of {report.pool_size} ({report.launcher} launcher), "
+            f"full in {report.pool_warm_s:.2f} s before the clock started"
+        )
+    elif report.launcher != "exec":
+        lines.append(f"launcher: {report.launcher}")
     lines.append(
         f"left behind: {len(report.leftover_pids)} processes, "
         f"{len(report.leftover_files)} connection files"
@@ -307,16 +389,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="let each kernel bind its own ports (port 0 in the connection file)",
     )
+    parser.add_argument(
+        "--launcher", choices=("exec", "fork"), default="exec", help="how kernels are launched"
+    )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="take the kernels from a warm pool of SIZE kernels (0: start each)",
+    )
     args = parser.parse_args(argv)
     if args.kernels < 1:
         parser.error("-n must be at least 1")
-    report = run_farm(
-        n=args.kernels,
-        code=args.code,
-        kernel_name=args.kernel,
-        ready_timeout=args.timeout,
-        kernel_binds_ports=args.zero_race,
-    )
+    if args.pool < 0:
+        parser.error("--pool must be at least 0")
+    from kernel_connect.pool import PoolError
+
+    try:
+        report = run_farm(
+            n=args.kernels,
+            code=args.code,
+            kernel_name=args.kernel,
+            ready_timeout=args.timeout,
+            kernel_binds_ports=args.zero_race,
+            launcher=args.launcher,
+            pool_size=args.pool,
+        )
+    except PoolError as e:
+        parser.error(str(e))
     print(format_table(report))
     return 0 if report.ok else 1
 

@@ -41,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     farm.add_argument("--code", default=None, metavar="CODE", help="code to run on each kernel")
     farm.add_argument("--timeout", type=float, default=60.0, help="seconds per kernel to be ready")
     farm.add_argument("--json", action="store_true", help="print a JSON report")
+    farm.add_argument(
+        "--launcher",
+        choices=("exec", "fork"),
+        default="exec",
+        help="how kernels are launched: exec a new interpreter (default), or fork one "
+        "from a template process that has ipykernel imported already",
+    )
+    farm.add_argument(
+        "--pool",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="take the kernels from a warm pool of SIZE ready kernels, filled before "
+        "the clock starts (default 0: start each kernel)",
+    )
 
     for name in ("ls", "prune"):
         p = sub.add_parser(name, help=_COMMANDS[name][1], description=_COMMANDS[name][1])
