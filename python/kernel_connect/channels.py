@@ -1,11 +1,13 @@
 """Channels of a kernel client: one zmq socket each (blocking or asyncio), plus the heartbeat.
 
 No channel runs a thread: blocking channels wait in the caller's thread, asyncio
-channels in the running loop, and the heartbeat pings on demand.
+channels in the running loop, and the heartbeat pings on demand. A
+:class:`HandshakeWatch` tells when a channel's connection to the kernel is up.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -16,6 +18,7 @@ from queue import Empty
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from kernel_connect.errors import KernelDeath
 from kernel_connect.session import Session, blocking_view
@@ -220,6 +223,71 @@ class AsyncZMQSocketChannel(SocketChannel):
     async def msg_ready(self) -> bool:
         """Whether a message is waiting."""
         return self.ready_now()
+
+
+class HandshakeWatch:
+    """Whether a connecting socket's connection to its peer is up: its ZMTP handshake done.
+
+    A DEALER queues what we send until its connection is up, so the kernel's
+    answers to our requests always find their way back. What the kernel starts
+    itself does not wait: an ``input_request`` goes to the stdin ROUTER
+    addressed to our identity, and the ROUTER drops it unless our connection
+    has completed its handshake, leaving the kernel waiting for a reply that
+    never comes. Only a socket monitor tells when that is (ZMQ_IMMEDIATE would
+    let POLLOUT tell, but would also make a send with no connection up block,
+    and drop replies queued across a reconnect). So the watch is attached
+    before the socket connects (``before_connect``), or the event could be
+    missed, and closed once it has served: the monitor costs an inproc socket
+    pair.
+
+    Parameters
+    ----------
+    socket : zmq.Socket
+        The socket to watch, not connected yet; the caller keeps owning it.
+    """
+
+    _EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+    _serial = itertools.count()
+
+    def __init__(self, socket: zmq.Socket[Any]) -> None:
+        self._watched: zmq.Socket[Any] | None = socket
+        # An address of our own: pyzmq's default is named after the socket's fd,
+        # which a new socket may reuse while libzmq still holds the old endpoint.
+        addr = f"inproc://kernel-connect-handshake-{next(self._serial)}"
+        #: The monitor socket (of the watched socket's kind, asyncio or not), to poll.
+        self.socket: zmq.Socket[Any] | None = socket.get_monitor_socket(self._EVENTS, addr)
+        self._view: zmq.Socket[Any] | None = blocking_view(self.socket)
+        self._up = False
+
+    def pending(self) -> bool:
+        """Whether the connection is still to come up (reads the events that arrived).
+
+        False once the handshake has succeeded (and the connection not dropped
+        since), and when the watched socket or the watch is closed: nothing to
+        wait for then.
+        """
+        view, watched = self._view, self._watched
+        if view is None or watched is None or watched.closed:
+            return False
+        while True:
+            try:
+                event = recv_monitor_message(view, zmq.NOBLOCK)
+            except zmq.Again:
+                return not self._up
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._up = True
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._up = False
+
+    def close(self) -> None:
+        """Stop monitoring and close the monitor socket (the watched socket stays open)."""
+        watched, self._watched = self._watched, None
+        sock, self.socket, self._view = self.socket, None, None
+        if watched is not None and not watched.closed:
+            with suppress(zmq.ZMQError):
+                watched.disable_monitor()
+        if sock is not None:
+            sock.close(linger=0)
 
 
 class HBChannel:
@@ -462,6 +530,7 @@ class HeartbeatWatch:
 __all__ = [
     "AsyncZMQSocketChannel",
     "HBChannel",
+    "HandshakeWatch",
     "HeartbeatWatch",
     "SocketChannel",
     "ZMQSocketChannel",

@@ -31,7 +31,17 @@ from dataclasses import dataclass
 from getpass import getpass
 from inspect import isawaitable
 from queue import Empty
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload, runtime_checkable
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+    runtime_checkable,
+)
 
 import zmq
 from traitlets import Bool, Float, Instance, Integer, Type
@@ -39,6 +49,7 @@ from traitlets import Bool, Float, Instance, Integer, Type
 from kernel_connect._sansio import Operation, drive, drive_async
 from kernel_connect.channels import (
     AsyncZMQSocketChannel,
+    HandshakeWatch,
     HBChannel,
     HeartbeatWatch,
     SocketChannel,
@@ -122,10 +133,14 @@ class KernelOwner(KernelLiveness, Protocol):
 
 @dataclass(frozen=True)
 class _Poll:
-    """Wait until one of ``channels`` has a message, or ``timeout`` s; -> the ready ones."""
+    """Wait until one of ``channels`` has a message, or ``timeout`` s; -> the ready ones.
+
+    An event of one of ``handshakes`` ends the wait too (read it with ``pending``).
+    """
 
     channels: tuple[SocketChannel, ...]
     timeout: float
+    handshakes: tuple[HandshakeWatch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,8 +205,19 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
     control_channel_class = Type(ZMQSocketChannel, klass=object)
     hb_channel_class = Type(HBChannel, klass=object)
 
+    # Channels whose connection wait_for_ready waits for, beyond what its
+    # kernel_info exchange proves (shell, which carries it, and IOPub). Only
+    # stdin: there the kernel starts the exchange (input_request), and its
+    # ROUTER drops what it cannot route yet. Shell and control only answer our
+    # requests, which their DEALER holds until the connection is up.
+    _handshake_channels: ClassVar[frozenset[str]] = frozenset({"stdin"})
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Watches of the connections in _handshake_channels, by channel name,
+        # from the socket's connect until wait_for_ready has seen them up.
+        self._handshakes: dict[str, HandshakeWatch] = {}
+        self._watch_handshake_of: str | None = None
         self._shell_channel: _ChannelT | None = None
         self._iopub_channel: _ChannelT | None = None
         self._stdin_channel: _ChannelT | None = None
@@ -232,7 +258,34 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         # (start_channels after a stop, a reconnect to new ports) get a new one.
         if self._created_context and self.context.closed:
             self.context = self._context_default()
-        return super()._create_connected_socket(channel, identity)
+        if channel != self._watch_handshake_of:
+            return super()._create_connected_socket(channel, identity)
+
+        def watch(sock: zmq.Socket[Any]) -> None:
+            old = self._handshakes.pop(channel, None)
+            if old is not None:
+                old.close()
+            self._handshakes[channel] = HandshakeWatch(sock)
+
+        return self._connected_socket(channel, identity, before_connect=watch)
+
+    def _channel_socket(self, channel: str, connect: Callable[..., zmq.Socket[Any]]) -> Any:
+        """``connect(identity=...)`` for a channel, watching its handshake if we wait for it.
+
+        Through ``connect_<channel>``, as jupyter_client, so subclasses that
+        override it are heard; a socket they make by other means is not watched.
+        """
+        if channel in self._handshake_channels:
+            self._watch_handshake_of = channel
+        try:
+            return connect(identity=self.identity)
+        finally:
+            self._watch_handshake_of = None
+
+    def _close_handshakes(self) -> None:
+        handshakes, self._handshakes = self._handshakes, {}
+        for watch in handshakes.values():
+            watch.close()
 
     def __del__(self) -> None:
         # A context we made and nobody ended would be destroyed by pyzmq at
@@ -285,6 +338,7 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         started again later get a new context.
         """
         ending_context = self._created_context and not self.context.closed
+        self._close_handshakes()
         for name in ("_shell_channel", "_iopub_channel", "_stdin_channel", "_control_channel"):
             channel = getattr(self, name)
             if channel is not None:
@@ -329,7 +383,7 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         """The shell channel (connected on first use)."""
         if self._shell_channel is None:
             self._shell_channel = self._make_channel(
-                self.shell_channel_class, self.connect_shell(identity=self.identity)
+                self.shell_channel_class, self._channel_socket("shell", self.connect_shell)
             )
         return self._shell_channel
 
@@ -345,7 +399,7 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         """The stdin channel (connected on first use)."""
         if self._stdin_channel is None:
             self._stdin_channel = self._make_channel(
-                self.stdin_channel_class, self.connect_stdin(identity=self.identity)
+                self.stdin_channel_class, self._channel_socket("stdin", self.connect_stdin)
             )
         return self._stdin_channel
 
@@ -354,7 +408,7 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         """The control channel (connected on first use)."""
         if self._control_channel is None:
             self._control_channel = self._make_channel(
-                self.control_channel_class, self.connect_control(identity=self.identity)
+                self.control_channel_class, self._channel_socket("control", self.connect_control)
             )
         return self._control_channel
 
@@ -490,7 +544,7 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
                 return reply
 
     def _wait_for_ready_op(self, timeout: float | None) -> Operation[None]:
-        """Wait until the kernel answers kernel_info and IOPub is connected.
+        """Wait until the kernel answers kernel_info and IOPub and stdin are connected.
 
         A start that failed (the kernel died, or says it cannot bind a port)
         goes to the kernel's owner, whose policy may restart it on new ports:
@@ -512,6 +566,7 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
                 self._reconnect(ports)
                 continue
             self._handle_kernel_info_reply(reply)
+            self._close_handshakes()  # seen up: their monitors have served
             return
 
     def _handshake_op(
@@ -519,6 +574,8 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
     ) -> Operation[dict[str, Any]]:
         """One readiness handshake on the current channels; return the kernel_info reply."""
         shell, iopub = self._core(self.shell_channel), self._core(self.iopub_channel)
+        # Connections (stdin's) whose handshake we have not seen succeed yet.
+        connecting = dict(self._handshakes)
         sent: set[str] = set()
         last_sent = float("-inf")
         reply: dict[str, Any] | None = None
@@ -537,9 +594,14 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
                     sent.add(self.kernel_info())
                     reply_at = now
                 if now >= deadline:
+                    if reply is not None:
+                        unconnected = ([] if iopub_seen else ["IOPub"]) + list(connecting)
+                        raise KernelTimeoutError(_unconnected_message(timeout, unconnected))
                     beating = yield _Beat()
                     raise KernelTimeoutError(_not_ready_message(timeout, beating))
-                ready = yield _Poll((shell, iopub), min(_READY_POLL_S, deadline - now))
+                ready = yield _Poll(
+                    (shell, iopub), min(_READY_POLL_S, deadline - now), tuple(connecting.values())
+                )
                 if iopub in ready:
                     # The welcome to our subscription, or the status of one of our
                     # requests, proves IOPub works. Any other message may be stale:
@@ -557,7 +619,8 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
                         elif msg["msg_type"] == "kernel_info_reply":
                             reply = reply or msg
                             reply_at = time.monotonic()
-                if reply is not None and iopub_seen:
+                connecting = {n: w for n, w in connecting.items() if w.pending()}
+                if reply is not None and iopub_seen and not connecting:
                     break
                 self._raise_if_dead("before replying to kernel_info")
                 if owner is not None and now >= next_failure_check:
@@ -1035,6 +1098,13 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         self.input(value)
 
 
+def _unconnected_message(timeout: float | None, channels: list[str]) -> str:
+    return (
+        f"the kernel replied to kernel_info, but our {' and '.join(channels)} "
+        f"connection to it was not up within {timeout} s"
+    )
+
+
 def _not_ready_message(timeout: float | None, beating: bool) -> str:
     if beating:
         why = (
@@ -1046,7 +1116,9 @@ def _not_ready_message(timeout: float | None, beating: bool) -> str:
     return f"kernel did not reply to kernel_info within {timeout} s; {why}"
 
 
-def _poll_blocking(channels: tuple[SocketChannel, ...], timeout: float) -> list[SocketChannel]:
+def _poll_blocking(
+    channels: tuple[SocketChannel, ...], timeout: float, handshakes: tuple[HandshakeWatch, ...]
+) -> list[SocketChannel]:
     ready = [c for c in channels if c._pending]
     if ready:
         return ready
@@ -1058,11 +1130,16 @@ def _poll_blocking(channels: tuple[SocketChannel, ...], timeout: float) -> list[
             raise RuntimeError("channel is closed")
         poller.register(view, zmq.POLLIN)
         views.append(view)
+    for h in handshakes:
+        if h._view is not None:
+            poller.register(h._view, zmq.POLLIN)
     events = dict(poller.poll(_poll_ms(timeout)))
     return [c for c, v in zip(channels, views, strict=True) if v in events]
 
 
-async def _poll_async(channels: tuple[SocketChannel, ...], timeout: float) -> list[SocketChannel]:
+async def _poll_async(
+    channels: tuple[SocketChannel, ...], timeout: float, handshakes: tuple[HandshakeWatch, ...]
+) -> list[SocketChannel]:
     import zmq.asyncio
 
     ready = [c for c in channels if c._pending]
@@ -1076,6 +1153,9 @@ async def _poll_async(channels: tuple[SocketChannel, ...], timeout: float) -> li
             raise RuntimeError("channel is closed")
         poller.register(sock, zmq.POLLIN)
         socks.append(sock)
+    for h in handshakes:
+        if h.socket is not None:
+            poller.register(h.socket, zmq.POLLIN)
     events = dict(await poller.poll(_poll_ms(timeout)))
     return [c for c, s in zip(channels, socks, strict=True) if s in events]
 
@@ -1124,7 +1204,7 @@ class BlockingKernelClient(KernelClient[dict[str, Any], ZMQSocketChannel]):
 
     def _serve(self, request: Any) -> Any:
         if isinstance(request, _Poll):
-            return _poll_blocking(request.channels, request.timeout)
+            return _poll_blocking(request.channels, request.timeout, request.handshakes)
         if isinstance(request, _Beat):
             return self.hb_channel.is_beating(request.timeout)
         if isinstance(request, _Recover):
@@ -1184,7 +1264,12 @@ class BlockingKernelClient(KernelClient[dict[str, Any], ZMQSocketChannel]):
         return bool(self._run(self._is_alive_op()))
 
     def wait_for_ready(self, timeout: float | None = None) -> None:
-        """Block until the kernel answers a kernel_info request and IOPub is connected.
+        """Block until the kernel answers a kernel_info request and IOPub and stdin are connected.
+
+        Connected means the connection's handshake is done, so what the kernel
+        sends at once finds us: an ``input_request`` to a stdin not connected
+        yet would be dropped by the kernel (seen by a socket monitor of the
+        stdin channel, set up when it connects and closed once it has served).
 
         When the kernel's start failed (it died, or cannot bind a port), its
         owner (the KernelManager that made this client) may restart it on new
@@ -1205,6 +1290,7 @@ class BlockingKernelClient(KernelClient[dict[str, Any], ZMQSocketChannel]):
         KernelTimeoutError
             If it does not answer in time; the message says whether it answers
             heartbeats (then the key or signature scheme is probably wrong).
+            Also if it answers, but our IOPub or stdin connection is not up in time.
         """
         self._run(self._wait_for_ready_op(timeout))
 
@@ -1320,7 +1406,7 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
 
     async def _serve(self, request: Any) -> Any:
         if isinstance(request, _Poll):
-            return await _poll_async(request.channels, request.timeout)
+            return await _poll_async(request.channels, request.timeout, request.handshakes)
         if isinstance(request, _Beat):
             return await self.hb_channel.is_beating_async(request.timeout)
         if isinstance(request, _Recover):
@@ -1380,7 +1466,7 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
         return bool(await self._run(self._is_alive_op()))
 
     async def wait_for_ready(self, timeout: float | None = None) -> None:
-        """Wait until the kernel answers a kernel_info request and IOPub is connected.
+        """Wait until the kernel answers a kernel_info request and IOPub and stdin are connected.
 
         As ``BlockingKernelClient.wait_for_ready``, awaited.
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
@@ -407,10 +408,16 @@ class ConnectionFileMixin(LoggingConfigurable):
         return self._connected_socket(channel, identity)
 
     def _connected_socket(
-        self, channel: str, identity: bytes | None = None, socket_class: Any = None
+        self,
+        channel: str,
+        identity: bytes | None = None,
+        socket_class: Any = None,
+        before_connect: Callable[[zmq.Socket[Any]], object] | None = None,
     ) -> zmq.Socket[Any]:
         """:meth:`_create_connected_socket`, of ``socket_class`` when given instead of the
-        context's own kind (a plain ``zmq.Socket`` from an asyncio context, for a ZMQStream)."""
+        context's own kind (a plain ``zmq.Socket`` from an asyncio context, for a ZMQStream).
+        ``before_connect`` is called with the socket, set up, before it connects (to
+        attach a monitor that must see every event of the connection)."""
         url = self._make_url(channel)
         sock: zmq.Socket[Any] = self.context.socket(
             CHANNEL_SOCKET_TYPES[channel], socket_class=socket_class
@@ -426,6 +433,8 @@ class ConnectionFileMixin(LoggingConfigurable):
             sock.curve_secretkey = self.curve_secretkey
             sock.curve_publickey = self.curve_publickey
             sock.curve_serverkey = self.curve_publickey
+        if before_connect is not None:
+            before_connect(sock)
         self.log.debug("Connecting to %s", url)
         sock.connect(url)
         if channel == "iopub":

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import zmq
 from traitlets import Instance, Type
@@ -252,6 +252,9 @@ class ThreadedKernelClient(KernelClient[NoReturn, ThreadedZMQSocketChannel]):
     """
 
     ioloop_thread = Instance(IOLoopThread, allow_none=True)
+
+    # No wait_for_ready here (as jupyter_client's): no stdin monitor to read.
+    _handshake_channels: ClassVar[frozenset[str]] = frozenset()
 
     shell_channel_class = Type(ThreadedZMQSocketChannel, klass=object)
     iopub_channel_class = Type(ThreadedZMQSocketChannel, klass=object)
