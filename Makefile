@@ -44,7 +44,7 @@ test: ssh-server lint rust-test py-test
 
 # Upstream suites (jupyter_client 8.10's and nbclient 0.11's, from their PyPI
 # sdists) run on jupyter_client and on kernel-connect, compared test by test:
-# about 25 minutes, so not part of `make test`. See upstream/README.md.
+# about 25 minutes, so not part of `make test`; .ci/run runs both. See upstream/README.md.
 upstream: build
 	$(PY) upstream/run.py
 
