@@ -32,7 +32,7 @@ from kernel_connect.connect import (
 from kernel_connect.kernelspec import NoSuchKernel
 from kernel_connect.localinterfaces import localhost
 from kernel_connect.manager import KernelManager
-from kernel_connect.mixin import ConnectionFileMixin
+from kernel_connect.mixin import PORT_NAMES, ConnectionFileMixin
 from kernel_connect.restarter import KernelRestarter
 from kernel_connect.session import Session
 
@@ -313,17 +313,8 @@ class JupyterConsoleApp(ConnectionFileMixin):
 
         try:
             self.kernel_manager = self.kernel_manager_class(
-                ip=self.ip,
-                session=self.session,
-                transport=self.transport,
-                shell_port=self.shell_port,
-                iopub_port=self.iopub_port,
-                stdin_port=self.stdin_port,
-                hb_port=self.hb_port,
-                control_port=self.control_port,
-                connection_file=self.connection_file,
+                **self._connection_traits(),
                 kernel_name=self.kernel_name,
-                parent=self,
                 data_dir=self.data_dir,
             )
             # Look the spec up now, so an unknown kernel name fails here.
@@ -342,14 +333,23 @@ class JupyterConsoleApp(ConnectionFileMixin):
             km.write_connection_file()
 
         # The manager may have chosen ports (and a file): the app reports those.
-        self.shell_port = km.shell_port
-        self.iopub_port = km.iopub_port
-        self.stdin_port = km.stdin_port
-        self.hb_port = km.hb_port
-        self.control_port = km.control_port
+        for name in PORT_NAMES:
+            setattr(self, name, getattr(km, name))
         self.connection_file = km.connection_file
 
         atexit.register(km.cleanup_connection_file)
+
+    def _connection_traits(self) -> dict[str, Any]:
+        """The app's connection settings, as a manager's or client's traits."""
+        traits: dict[str, Any] = {name: getattr(self, name) for name in PORT_NAMES}
+        traits.update(
+            ip=self.ip,
+            session=self.session,
+            transport=self.transport,
+            connection_file=self.connection_file,
+            parent=self,
+        )
+        return traits
 
     def init_kernel_client(self) -> None:
         """Open ``self.kernel_client`` on the kernel and start its channels.
@@ -361,18 +361,7 @@ class JupyterConsoleApp(ConnectionFileMixin):
         if self.kernel_manager is not None:
             self.kernel_client = self.kernel_manager.client()
         else:
-            self.kernel_client = self.kernel_client_class(
-                session=self.session,
-                ip=self.ip,
-                transport=self.transport,
-                shell_port=self.shell_port,
-                iopub_port=self.iopub_port,
-                stdin_port=self.stdin_port,
-                hb_port=self.hb_port,
-                control_port=self.control_port,
-                connection_file=self.connection_file,
-                parent=self,
-            )
+            self.kernel_client = self.kernel_client_class(**self._connection_traits())
 
         self.kernel_client.start_channels()
 
