@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import threading
 import time
 from collections import deque
@@ -18,12 +19,22 @@ from queue import Empty
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kernel_connect.errors import KernelDeath
 from kernel_connect.session import Session, blocking_view
 
 log = logging.getLogger(__name__)
+
+
+def _monitor_event(frames: list[bytes]) -> int:
+    """The event number of one zmq monitor message (its first frame packs the
+    16-bit event and a 32-bit value; the second is the endpoint).
+
+    Ours rather than zmq.utils.monitor.recv_monitor_message, which imports
+    zmq.asyncio, and with it asyncio, into every blocking client.
+    """
+    event: int = struct.unpack_from("=H", frames[0])[0]
+    return event
 
 
 class SocketChannel:
@@ -271,12 +282,12 @@ class HandshakeWatch:
             return False
         while True:
             try:
-                event = recv_monitor_message(view, zmq.NOBLOCK)
+                event = _monitor_event(view.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return not self._up
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._up = True
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 self._up = False
 
     def close(self) -> None:
