@@ -410,3 +410,14 @@ def test_a_positional_timeout_bounds_async_waits(kernel: Kernel) -> None:
             kc.stop_channels()
 
     run(go(), timeout=READY_TIMEOUT)
+
+
+def test_a_client_that_cannot_wait_refuses_reply_true_before_sending() -> None:
+    """The base KernelClient only sends: ``reply=True`` is a TypeError that
+    names the faces that wait, raised before anything is sent."""
+    from kernel_connect.client import KernelClient
+
+    kc = KernelClient()
+    with pytest.raises(TypeError, match="BlockingKernelClient or AsyncKernelClient"):
+        kc.execute("1", reply=True)
+    assert kc._shell_channel is None, "nothing was sent, so no channel was opened"

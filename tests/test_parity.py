@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -575,25 +576,37 @@ def test_local_ips_list_is_live() -> None:
     assert not localinterfaces.is_local_ip("192.0.2.123")
 
 
+#: Run in a network namespace of its own (`unshare --net`): the addresses it
+#: names are not this host's, so nothing may ever be able to reach them.
+_ADDRESS_RULES = """
+import pytest
+from kernel_connect import localinterfaces
+localinterfaces.local_ips()  # loaded first: a later access must not reload over _populate
+localinterfaces._populate(["10.1.2.3", "127.0.0.1", "169.254.9.9", "127.0.1.1"])
+assert localinterfaces.LOCAL_IPS == [
+    "127.0.0.1", "10.1.2.3", "169.254.9.9", "127.0.1.1", "0.0.0.0", "",
+], localinterfaces.LOCAL_IPS
+assert localinterfaces.PUBLIC_IPS == ["10.1.2.3"], localinterfaces.PUBLIC_IPS
+assert localinterfaces.LOCALHOST == "127.0.0.1"
+with pytest.raises(localinterfaces.NoIPAddresses):
+    localinterfaces._populate([])
+print("ok")
+"""
+
+
 def test_address_rules_are_jupyter_clients() -> None:
     """Interface order kept, 127.0.0.1 first, link-local never public, '' and
     0.0.0.0 local; no address at all is NoIPAddresses."""
-    try:
-        localinterfaces._populate(["10.1.2.3", "127.0.0.1", "169.254.9.9", "127.0.1.1"])
-        assert localinterfaces.LOCAL_IPS == [
-            "127.0.0.1",
-            "10.1.2.3",
-            "169.254.9.9",
-            "127.0.1.1",
-            "0.0.0.0",
-            "",
-        ]
-        assert localinterfaces.PUBLIC_IPS == ["10.1.2.3"]
-        assert localinterfaces.LOCALHOST == "127.0.0.1"
-        with pytest.raises(localinterfaces.NoIPAddresses):
-            localinterfaces._populate([])
-    finally:
-        localinterfaces.local_ips(refresh=True)
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a network namespace (root needed): {probe.stderr.strip()}")
+    out = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", _ADDRESS_RULES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 # -- validate_string_dict ------------------------------------------------------

@@ -730,17 +730,27 @@ class KernelClient(ConnectionFileMixin, Generic[_ReplyT, _ChannelT]):
         reply: bool,
         timeout: float | None,
     ) -> str | _ReplyT:
+        if reply and not self._waits_for_replies:
+            raise self._cannot_wait()  # before sending: nobody would read the reply
         msg_id = self._send(channel, msg_type, content)
         if not reply:
             return msg_id
         return self._reply(msg_id, timeout, channel)
 
-    def _reply(self, msg_id: str, timeout: float | None, channel: str) -> _ReplyT:
-        """The reply to ``msg_id`` as the face returns it (a dict, or an awaitable of one)."""
-        raise NotImplementedError(
+    #: Whether this face can wait for a reply (``reply=True``): the blocking and
+    #: async clients can; the base KernelClient and the threaded one only send.
+    _waits_for_replies: ClassVar[bool] = False
+
+    def _cannot_wait(self) -> TypeError:
+        return TypeError(
             f"{type(self).__name__} cannot wait for replies: use BlockingKernelClient "
             "or AsyncKernelClient for reply=True"
         )
+
+    def _reply(self, msg_id: str, timeout: float | None, channel: str) -> _ReplyT:
+        """The reply to ``msg_id`` as the face returns it (a dict, or an awaitable of one);
+        the faces that wait for replies say how."""
+        raise self._cannot_wait()
 
     def _execute_content(
         self,
@@ -1213,6 +1223,8 @@ class BlockingKernelClient(KernelClient[dict[str, Any], ZMQSocketChannel]):
             return _run_awaitable(request.awaitable)
         raise TypeError(f"unknown wait request {request!r}")
 
+    _waits_for_replies = True
+
     def _reply(self, msg_id: str, timeout: float | None, channel: str) -> dict[str, Any]:
         return self._recv_reply(msg_id, timeout=timeout, channel=channel)
 
@@ -1414,6 +1426,8 @@ class AsyncKernelClient(KernelClient[Awaitable[dict[str, Any]], AsyncZMQSocketCh
         if isinstance(request, _Await):
             return await request.awaitable
         raise TypeError(f"unknown wait request {request!r}")
+
+    _waits_for_replies = True
 
     def _reply(self, msg_id: str, timeout: float | None, channel: str) -> Awaitable[dict[str, Any]]:
         return self._recv_reply(msg_id, timeout=timeout, channel=channel)

@@ -34,7 +34,7 @@ from traitlets import Type
 
 from kernel_connect.errors import KernelStartCancelledError
 from kernel_connect.manager import AsyncKernelManager, KernelManager
-from kernel_connect.restarter import _GIVE_UP, _NOTHING, _RESTART_NEW_PORTS, KernelRestarter
+from kernel_connect.restarter import KernelRestarter
 
 if TYPE_CHECKING:
     from tornado.ioloop import IOLoop
@@ -274,22 +274,12 @@ class AsyncIOLoopKernelRestarter(IOLoopKernelRestarter):
 
     async def poll(self) -> None:  # type: ignore[override]
         """Look at the kernel once; restart it (awaited) or give up, by the policy."""
-        if self.debug:
-            self.log.debug("Polling kernel...")
-        km = self.kernel_manager
-        if km.shutting_down:
-            self.log.debug("Kernel shutdown in progress...")
+        began, restarted = self._step()
+        if not began:
             return
-        decision = self._decide(self._kernel_alive())
-        if decision == _GIVE_UP:
-            self._fire_callbacks("dead")
-            self.stop()
-        elif decision != _NOTHING:
-            self._fire_callbacks("restart")
-            restarted = km.restart_kernel(now=True, newports=decision == _RESTART_NEW_PORTS)
-            if asyncio.iscoroutine(restarted) or isinstance(restarted, asyncio.Future):
-                await restarted
-            self._restarting = True
+        if asyncio.iscoroutine(restarted) or isinstance(restarted, asyncio.Future):
+            await restarted
+        self._restarting = True
 
     def _poll_now(self) -> None:
         if self._task is not None and not self._task.done():
@@ -312,7 +302,42 @@ class AsyncIOLoopKernelRestarter(IOLoopKernelRestarter):
             self._watch_kernel()
 
 
-class IOLoopKernelManager(KernelManager):
+class _StreamConnections(KernelManager):
+    """The ``connect_*`` methods of the IOLoop managers: ZMQStreams, as jupyter_client's,
+    on the loop ``_stream_loop`` names (``loop``, else the background loop;
+    AsyncIOLoopKernelManager prefers the running loop to the background one)."""
+
+    loop = AnyTrait(
+        None,
+        allow_none=True,
+        help="The event loop of the restarter and streams (default: a background one).",
+    )
+
+    def _stream_loop(self) -> Any:
+        return self.loop if self.loop is not None else background_loop()
+
+    def connect_shell(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
+        """Return a ZMQStream of a DEALER socket connected to shell."""
+        return _stream(self, "shell", identity, self._stream_loop())
+
+    def connect_iopub(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
+        """Return a ZMQStream of a SUB socket connected to IOPub, subscribed to every topic."""
+        return _stream(self, "iopub", identity, self._stream_loop())
+
+    def connect_stdin(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
+        """Return a ZMQStream of a DEALER socket connected to stdin."""
+        return _stream(self, "stdin", identity, self._stream_loop())
+
+    def connect_hb(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
+        """Return a ZMQStream of a REQ socket connected to the heartbeat."""
+        return _stream(self, "hb", identity, self._stream_loop())
+
+    def connect_control(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
+        """Return a ZMQStream of a DEALER socket connected to control."""
+        return _stream(self, "control", identity, self._stream_loop())
+
+
+class IOLoopKernelManager(_StreamConnections):
     """A blocking KernelManager whose restarter (and streams) run in an event loop.
 
     The loop is ``loop`` when given. Otherwise it is a background event-loop
@@ -329,11 +354,6 @@ class IOLoopKernelManager(KernelManager):
     them in a loop of your own, which must then keep running.
     """
 
-    loop = AnyTrait(
-        None,
-        allow_none=True,
-        help="The event loop of the restarter and streams (default: a background one).",
-    )
     restarter_class = Type(
         default_value=IOLoopKernelRestarter,
         klass=IOLoopKernelRestarter,
@@ -341,37 +361,14 @@ class IOLoopKernelManager(KernelManager):
         help="The restarter; a subclass of IOLoopKernelRestarter.",
     )
 
-    def _callback_loop(self) -> Any:
-        return self.loop if self.loop is not None else background_loop()
-
     def _make_restarter(self) -> KernelRestarter:
         restarter: KernelRestarter = self.restarter_class(
-            kernel_manager=self, loop=self._callback_loop(), parent=self, log=self.log
+            kernel_manager=self, loop=self._stream_loop(), parent=self, log=self.log
         )
         return restarter
 
-    def connect_shell(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream (on our loop) of a DEALER socket connected to shell."""
-        return _stream(self, "shell", identity, self._callback_loop())
 
-    def connect_iopub(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream (on our loop) of a SUB socket connected to IOPub, every topic."""
-        return _stream(self, "iopub", identity, self._callback_loop())
-
-    def connect_stdin(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream (on our loop) of a DEALER socket connected to stdin."""
-        return _stream(self, "stdin", identity, self._callback_loop())
-
-    def connect_hb(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream (on our loop) of a REQ socket connected to the heartbeat."""
-        return _stream(self, "hb", identity, self._callback_loop())
-
-    def connect_control(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream (on our loop) of a DEALER socket connected to control."""
-        return _stream(self, "control", identity, self._callback_loop())
-
-
-class AsyncIOLoopKernelManager(AsyncKernelManager):
+class AsyncIOLoopKernelManager(_StreamConnections, AsyncKernelManager):
     """An AsyncKernelManager whose restarter runs (and awaits restarts) in its event loop.
 
     The loop is ``loop`` when given, else the one running when the restarter
@@ -399,26 +396,6 @@ class AsyncIOLoopKernelManager(AsyncKernelManager):
         if self.loop is not None:
             return self.loop
         return _asyncio_loop(None) or background_loop()
-
-    def connect_shell(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream of a DEALER socket connected to shell."""
-        return _stream(self, "shell", identity, self._stream_loop())
-
-    def connect_iopub(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream of a SUB socket connected to IOPub, subscribed to every topic."""
-        return _stream(self, "iopub", identity, self._stream_loop())
-
-    def connect_stdin(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream of a DEALER socket connected to stdin."""
-        return _stream(self, "stdin", identity, self._stream_loop())
-
-    def connect_hb(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream of a REQ socket connected to the heartbeat."""
-        return _stream(self, "hb", identity, self._stream_loop())
-
-    def connect_control(self, identity: bytes | None = None) -> ZMQStream:  # type: ignore[override]
-        """Return a ZMQStream of a DEALER socket connected to control."""
-        return _stream(self, "control", identity, self._stream_loop())
 
 
 __all__ = [

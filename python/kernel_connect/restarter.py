@@ -163,30 +163,43 @@ class KernelRestarter(LoggingConfigurable):
             self._restarting = False
         return _NOTHING
 
-    def poll(self) -> None:
-        """Look at the kernel once; restart it (blocking) or give up, by the policy."""
+    def _step(self) -> tuple[bool, Any]:
+        """Look at the kernel once and act by the policy: give up (``dead``
+        callbacks, stop) or begin a restart (``restart`` callbacks first).
+
+        Returns whether a restart began and what ``restart_kernel`` returned
+        (an awaitable for an async manager): the variants finish the restart
+        their own way, then set ``_restarting``.
+        """
         if self.debug:
             self.log.debug("Polling kernel...")
         km = self.kernel_manager
         if km.shutting_down:
             self.log.debug("Kernel shutdown in progress...")
-            return
+            return False, None
         decision = self._decide(self._kernel_alive())
         if decision == _GIVE_UP:
             self._fire_callbacks("dead")
             self.stop()
-        elif decision != _NOTHING:
-            self._fire_callbacks("restart")
-            restarted = km.restart_kernel(now=True, newports=decision == _RESTART_NEW_PORTS)
-            if isawaitable(restarted):
-                close = getattr(restarted, "close", None)
-                if close is not None:
-                    close()
-                raise TypeError(
-                    "this restarter restarts blocking; an AsyncKernelManager needs "
-                    "kernel_connect.ioloop.AsyncIOLoopKernelRestarter"
-                )
-            self._restarting = True
+        if decision in (_GIVE_UP, _NOTHING):
+            return False, None
+        self._fire_callbacks("restart")
+        return True, km.restart_kernel(now=True, newports=decision == _RESTART_NEW_PORTS)
+
+    def poll(self) -> None:
+        """Look at the kernel once; restart it (blocking) or give up, by the policy."""
+        began, restarted = self._step()
+        if not began:
+            return
+        if isawaitable(restarted):
+            close = getattr(restarted, "close", None)
+            if close is not None:
+                close()
+            raise TypeError(
+                "this restarter restarts blocking; an AsyncKernelManager needs "
+                "kernel_connect.ioloop.AsyncIOLoopKernelRestarter"
+            )
+        self._restarting = True
 
 
 class ThreadedKernelRestarter(KernelRestarter):
